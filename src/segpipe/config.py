@@ -1,0 +1,147 @@
+"""Typed, frozen configuration loaded from `params.yaml`, the one source of settings.
+
+Each stage reads its own section; `dvc.yaml` declares exactly those keys as the stage's params, so
+DVC re-runs a stage when, and only when, a setting it reads changes. Unknown keys and wrong types
+are errors that name the file and the key (`params.yaml: augment.copies: ...`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segpipe.errors import SegpipeError
+
+
+class Section(BaseModel):
+    # strict: "3" is not an int and 1 is not a bool; frozen: settings never change after loading.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BaseSection(Section):
+    seed: int = 42
+    classes: tuple[str, ...] = ("background", "lesion")
+    experiment: str = "segpipe"
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, classes: tuple[str, ...]) -> tuple[str, ...]:
+        if len(classes) < 2:
+            raise ValueError("needs at least two classes; index 0 is the background")
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"class names must be unique, got {list(classes)}")
+        if len(classes) > 255:
+            raise ValueError("at most 255 classes fit in a one-byte mask (255 means ignore)")
+        return classes
+
+
+class DataSection(Section):
+    format: Literal["labelme", "masks"] = "labelme"
+    ignore_labels: tuple[str, ...] = ("__ignore__",)
+    mask_suffix: str = ""
+    mask_colors: dict[str, int | str] = Field(default_factory=lambda: {"background": 0, "lesion": 255})
+    unknown_colors: Literal["error", "ignore"] = "error"
+    workers: int = Field(default=0, ge=0)  # 0: one process per core
+
+
+class SplitSection(Section):
+    val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    folds: int = Field(default=0, ge=0)  # 0: a plain hold-out split by val_fraction
+    fold: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> SplitSection:
+        if self.folds == 1:
+            raise ValueError("folds must be 0 (hold-out split) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds}), got {self.fold}")
+        return self
+
+
+
+class AugmentSection(Section):
+    enabled: bool = True
+    copies: int = Field(default=2, ge=0)
+    rotate_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    rotate_limit: float = Field(default=30.0, ge=0.0, le=180.0)  # degrees, either way
+    hflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    vflip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    contrast_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    contrast_limit: float = Field(default=0.3, ge=0.0, le=1.0)
+    blur_p: float = Field(default=0.3, ge=0.0, le=1.0)
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
+
+    @field_validator("blur_sigma")
+    @classmethod
+    def _sigma_range(cls, sigma: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < sigma[0] <= sigma[1]:
+            raise ValueError(f"must be [low, high] with 0 < low <= high, got {list(sigma)}")
+        return sigma
+
+
+class Params(Section):
+    base: BaseSection = BaseSection()
+    data: DataSection = DataSection()
+    split: SplitSection = SplitSection()
+    augment: AugmentSection = AugmentSection()
+    # Sections of later stages are accepted as they are until their stage defines them.
+    model: dict = Field(default_factory=dict)
+    train: dict = Field(default_factory=dict)
+    evaluate: dict = Field(default_factory=dict)
+    predict: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mask_colors_name_classes(self) -> Params:
+        unknown = sorted(set(self.data.mask_colors) - set(self.base.classes))
+        if unknown:
+            raise ValueError(
+                f"data.mask_colors names {unknown}, which are not in base.classes {list(self.base.classes)}"
+            )
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r}; check its spelling against the README's list")
+        else:
+            where = f"{key}: " if key else ""
+            shown = item["type"] != "missing" and not isinstance(item["input"], dict)
+            value = f" (got {item['input']!r})" if shown else ""
+            lines.append(f"{source}: {where}{item['msg']}{value}")
+    return "\n".join(lines)
+
+
+def parse_params(data: object, source: str = "params.yaml") -> Params:
+    """Validate already-parsed YAML data into `Params`; errors name `source` and each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SegpipeError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        # JSON mode lets YAML lists stand for tuples while keeping strict scalar types.
+        return Params.model_validate_json(json.dumps(data))
+    except ValidationError as exc:
+        raise SegpipeError(_describe(exc, source)) from None
+    except TypeError as exc:  # a value JSON cannot hold, e.g. a YAML date
+        raise SegpipeError(f"{source}: unsupported value ({exc})") from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Load and validate a params file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SegpipeError(f"{path}: params file not found (pass --params PATH)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SegpipeError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(data, str(path))

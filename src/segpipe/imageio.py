@@ -1,0 +1,145 @@
+"""Reading images and writing masks and output folders safely.
+
+Every stage reads pictures through `read_image` (EXIF orientation applied, truncated files and
+decompression bombs refused with the file's name) and publishes its output folder through
+`atomic_dir`, so a failed run leaves the previous output untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from segpipe.errors import SegpipeError
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+# Pillow warns above this many pixels and raises above twice as many; we refuse above it outright,
+# which still admits a 16k x 10k aerial mosaic.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
+def _open_checked(source: Path | bytes, name: str) -> Image.Image:
+    """Open and fully decode an image, turning every way it can be broken into a SegpipeError."""
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image.load()  # decode now: a truncated JPEG only fails here
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SegpipeError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
+    except FileNotFoundError as exc:
+        raise SegpipeError(f"{name}: image file not found") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise SegpipeError(f"{name}: cannot read image ({exc}); is the file truncated or not an image?") from exc
+    return image
+
+
+def read_image(source: Path | bytes, name: str | None = None) -> np.ndarray:
+    """Read an image file (or encoded bytes) as an (H, W, 3) uint8 RGB array, EXIF orientation applied.
+
+    Args:
+        source: a path, or the encoded bytes of an image (labelme's imageData).
+        name: how to call the image in error messages (defaults to the path).
+    """
+    name = name or str(source)
+    image = ImageOps.exif_transpose(_open_checked(source, name))
+    return np.asarray(image.convert("RGB"))
+
+
+def read_mask(path: Path) -> Image.Image:
+    """Open a mask image as Pillow decoded it (mode kept: 1, L, P, RGB, ...); errors name the file."""
+    return _open_checked(path, str(path))
+
+
+def read_class_mask(path: Path) -> np.ndarray:
+    """Read a converted mask (one byte per pixel, the class id; palette or grayscale PNG)."""
+    image = read_mask(path)
+    if image.mode not in ("L", "P"):
+        raise SegpipeError(f"{path}: expected a class-id mask (mode L or P), got mode {image.mode}")
+    return np.asarray(image)
+
+
+def find_image(folder: Path, image_id: str) -> Path:
+    """The image file of `image_id` in a converted dataset's images folder, whatever its suffix."""
+    for suffix in IMAGE_SUFFIXES:
+        path = Path(folder) / f"{image_id}{suffix}"
+        if path.exists():
+            return path
+    raise SegpipeError(f"{folder}: no image for id {image_id!r} (looked for {image_id}.jpg/.png/...)")
+
+
+def voc_palette(n: int = 256) -> list[int]:
+    """The Pascal VOC colour map: class 0 black, 1 dark red, 2 dark green, ...; 255 shows as white-ish."""
+    palette = []
+    for label in range(n):
+        r = g = b = 0
+        c = label
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A class-id mask as a palette PNG image: one byte per pixel, VOC colours in a viewer."""
+    if mask.dtype != np.uint8 or mask.ndim != 2:
+        raise ValueError(f"a mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
+    image = Image.fromarray(mask, mode="L").convert("P")
+    image.putpalette(voc_palette())
+    return image
+
+
+def write_mask(path: Path, mask: np.ndarray) -> None:
+    """Write a class-id mask (uint8, 255 = ignore) as a palette PNG."""
+    mask_image(mask).save(path, format="PNG", optimize=False)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in `folder`, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
+
+    On any error the temporary folder is removed and `target` is left exactly as it was, so an output
+    folder is always either the complete new result or the complete old one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
