@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import pytest
+
+from segpipe.config import load_params, parse_params
+from segpipe.errors import SegpipeError
+from tests.conftest import REPO
+
+
+def test_shipped_params_file_loads():
+    params = load_params(REPO / "params.yaml")
+    assert params.base.classes[0] == "background"
+    assert params.split.val_fraction == pytest.approx(0.1)
+
+
+def test_yaml_lists_become_tuples_and_sections_are_frozen():
+    params = parse_params({"augment": {"blur_sigma": [0.5, 1.0]}})
+    assert params.augment.blur_sigma == (0.5, 1.0)
+    with pytest.raises(Exception):
+        params.augment.copies = 5  # type: ignore[misc]
+
+
+def test_unknown_key_is_named_with_its_section(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text("augment:\n  copys: 3\n")
+    with pytest.raises(SegpipeError, match=r"params.yaml: unknown key 'augment.copys'"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"augment": {"copies": "3"}}, "augment.copies"),
+        ({"base": {"seed": 1.5}}, "base.seed"),
+        ({"augment": {"enabled": 1}}, "augment.enabled"),
+        ({"data": {"format": "coco"}}, "data.format"),
+        ({"split": {"val_fraction": 1.0}}, "split.val_fraction"),
+    ],
+)
+def test_wrong_type_or_value_names_the_key(data, key):
+    with pytest.raises(SegpipeError, match=key.replace(".", r"\.")):
+        parse_params(data)
+
+
+def test_fold_must_be_below_folds():
+    with pytest.raises(SegpipeError, match="fold must be below folds"):
+        parse_params({"split": {"folds": 3, "fold": 3}})
+
+
+def test_mask_colors_must_name_known_classes():
+    with pytest.raises(SegpipeError, match=r"\['tumour'\]"):
+        parse_params({"data": {"mask_colors": {"tumour": 255}}})
+
+
+def test_duplicate_class_names_rejected():
+    with pytest.raises(SegpipeError, match="unique"):
+        parse_params({"base": {"classes": ["background", "lesion", "lesion"]}})
+
+
+def test_missing_and_malformed_files_are_named(tmp_path: Path):
+    with pytest.raises(SegpipeError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: [unclosed\n")
+    with pytest.raises(SegpipeError, match="bad.yaml: not valid YAML"):
+        load_params(bad)
