@@ -21,7 +21,7 @@ from PIL import Image
 
 from segpipe.config import AugmentSection
 from segpipe.imageio import IGNORE_INDEX, atomic_dir, find_image, read_image, read_class_mask, write_mask
-from segpipe.parallel import map_files
+from segpipe.parallel import map_files, raise_failures
 from segpipe.split import id_position, read_list
 
 
@@ -127,7 +127,8 @@ def augment_dataset(
         rows: list[dict[str, str]] = []
         if config.enabled and config.copies:
             work = functools.partial(_augment_one, config=config, seed=seed, out=tmp)
-            for item_rows in map_files(work, jobs, workers=workers, progress=progress, desc="augment"):
+            outcomes = map_files(work, jobs, workers=workers, progress=progress, desc="augment")
+            for item_rows in raise_failures(outcomes):
                 rows += item_rows
         with open(tmp / "provenance.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["id", "source_id", "transforms"])

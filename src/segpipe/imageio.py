@@ -22,6 +22,8 @@ from PIL import Image, ImageOps
 from segpipe.errors import SegpipeError
 
 IGNORE_INDEX = 255
+"""Mask value of pixels left out of the loss and the metrics (letterbox padding, unlabelled areas)."""
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # Pillow warns above this many pixels and raises above twice as many; we refuse above it outright,
@@ -124,6 +126,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
     try:
         yield tmp
     except BaseException:

@@ -1,4 +1,4 @@
-"""Run one function over many files on every core, collecting every file's error."""
+"""Run one function over many files on every core, keeping every file's error."""
 
 from __future__ import annotations
 
@@ -15,54 +15,61 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Below this many items a process pool costs more to start than it saves.
-MIN_ITEMS_FOR_POOL = 16
+PARALLEL_THRESHOLD = 16
 MAX_ERRORS_SHOWN = 20
-
-
-def resolve_workers(workers: int) -> int:
-    """0 means one worker per core."""
-    return workers or os.cpu_count() or 1
 
 
 def map_files(
     fn: Callable[[T], R], items: Sequence[T], *, workers: int = 0, progress: bool = True, desc: str = ""
-) -> list[R]:
-    """Apply `fn` to every item (in order), in worker processes when there are many.
+) -> list[R | SegpipeError]:
+    """`fn(item)` for every item, in order, in worker processes when there are many items.
 
-    `fn` must be a picklable top-level function. Every item is attempted; if any raised a
-    SegpipeError, one SegpipeError listing each failure (the messages name the files) is raised
-    at the end, so a user fixes all bad files in one pass rather than one per run.
+    A SegpipeError raised (or returned) for an item becomes that item's outcome, so every item is
+    attempted and a user can fix all bad files in one pass; `raise_failures` reports them.
+
+    Args:
+        fn: a picklable (top-level or functools.partial) function.
+        items: the work items.
+        workers: processes to use; 0 means one per CPU core.
+        progress: show a progress bar.
+        desc: the progress bar's label.
     """
-    workers = resolve_workers(workers)
-    bar = tqdm(total=len(items), desc=desc, disable=not progress, unit="img")
-    outcomes: list[tuple[R | None, str | None]] = []
-    if workers > 1 and len(items) >= MIN_ITEMS_FOR_POOL:
-        chunk = max(1, len(items) // (workers * 8))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_run_chunk, fn, items[i : i + chunk]) for i in range(0, len(items), chunk)]
-            for future in futures:  # in submission order, so results keep the items' order
-                done = future.result()
-                outcomes += done
-                bar.update(len(done))
-    else:
-        for item in items:
-            outcomes += _run_chunk(fn, [item])
-            bar.update()
-    bar.close()
-    errors = [error for _, error in outcomes if error is not None]
+    workers = min(workers or os.cpu_count() or 1, len(items))
+    outcomes: list[R | SegpipeError] = []
+    with tqdm(total=len(items), desc=desc, disable=not progress, unit="img") as bar:
+        if workers <= 1 or len(items) <= PARALLEL_THRESHOLD:
+            for item in items:
+                outcomes.append(_attempt(fn, item))
+                bar.update()
+            return outcomes
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
+            chunksize = max(1, min(8, len(items) // (4 * workers)))
+            for outcome in pool.map(_attempt, [fn] * len(items), items, chunksize=chunksize):
+                outcomes.append(outcome)
+                bar.update()
+        finally:
+            # On an interrupt, drop the queued items rather than letting them finish writing.
+            pool.shutdown(wait=True, cancel_futures=True)
+    return outcomes
+
+
+def _attempt(fn: Callable[[T], R], item: T) -> R | SegpipeError:
+    try:
+        return fn(item)
+    except SegpipeError as exc:
+        return exc
+
+
+def failures(outcomes: Sequence[object]) -> list[str]:
+    return [str(outcome) for outcome in outcomes if isinstance(outcome, SegpipeError)]
+
+
+def raise_failures(outcomes: Sequence[R | SegpipeError]) -> list[R]:
+    """The results, or one SegpipeError that lists every failed item (the messages name the files)."""
+    errors = failures(outcomes)
     if errors:
         shown = errors[:MAX_ERRORS_SHOWN]
-        more = len(errors) - len(shown)
-        tail = [f"... and {more} more"] if more else []
-        raise SegpipeError(f"{len(errors)} of {len(items)} files failed:\n" + "\n".join(shown + tail))
-    return [value for value, _ in outcomes]  # type: ignore[misc]
-
-
-def _run_chunk(fn: Callable[[T], R], items: Sequence[T]) -> list[tuple[R | None, str | None]]:
-    out: list[tuple[R | None, str | None]] = []
-    for item in items:
-        try:
-            out.append((fn(item), None))
-        except SegpipeError as exc:
-            out.append((None, str(exc)))
-    return out
+        more = [f"... and {len(errors) - len(shown)} more"] if len(errors) > len(shown) else []
+        raise SegpipeError(f"{len(errors)} of {len(outcomes)} files failed:\n" + "\n".join(shown + more))
+    return list(outcomes)  # type: ignore[arg-type]

@@ -1,0 +1,256 @@
+"""The convert stage: labelme files or image/mask folders -> `images/`, `masks/` and `manifest.csv`.
+
+Every input item (a labelme JSON, or an image with its mask) is converted on its own by
+`convert_item`, in worker processes when there are many, and every failure is collected so that
+one error lists all the files to fix. The output folder is published whole through `atomic_dir`,
+and the metrics file is written only after it, so a failed run changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from segpipe import labelme, maskfolder
+from segpipe.config import DataSection
+from segpipe.errors import SegpipeError
+from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, write_mask
+from segpipe.parallel import failures, map_files
+
+MAX_ERROR_LINES = 20
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Job:
+    """One item to convert: a labelme JSON (mask None) or an image and its mask file."""
+
+    id: str
+    source: Path
+    mask: Path | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every worker needs besides its job; small and picklable."""
+
+    format: str
+    input_dir: Path
+    images_dir: Path
+    masks_dir: Path
+    classes: tuple[str, ...]
+    ignore_labels: tuple[str, ...]
+    colors: maskfolder.ColorMap | None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """What converting one item produced: its row of the manifest, and any unknown mask values."""
+
+    id: str
+    source: str  # relative to the input folder, posix
+    width: int
+    height: int
+    counts: tuple[int, ...]  # pixels per class, then ignored pixels
+    mask: str | None = None  # the mask file (masks format), relative to the input folder, posix
+    unknown: dict[int, int] = field(default_factory=dict)  # unknown mask value -> pixel count
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """The outcome of `convert_dataset`: how many images, and the metrics written."""
+
+    images: int
+    out_dir: Path
+    metrics: dict[str, float | int]
+
+    def __str__(self) -> str:
+        fractions = ", ".join(f"{k[len('fraction_'):]} {v:.1%}" for k, v in self.metrics.items() if k.startswith("fraction_"))
+        return f"{self.images} images ({fractions} of pixels)"
+
+
+def convert_dataset(
+    input_dir: Path,
+    out_dir: Path,
+    metrics_path: Path,
+    *,
+    classes: tuple[str, ...],
+    data: DataSection,
+    progress: bool = True,
+) -> ConvertSummary:
+    """Convert a labelme folder or an image/mask folder into the pipeline's dataset layout.
+
+    Writes `out_dir/images/<id>.<ext>`, `out_dir/masks/<id>.png` (class ids, 255 = ignore) and
+    `out_dir/manifest.csv`, then the DVC metric JSON `metrics_path`. On any error nothing is changed.
+
+    Args:
+        input_dir: the labelme folder (JSONs anywhere below it) or a folder with images/ and masks/.
+        out_dir: the output folder, replaced whole on success.
+        metrics_path: where to write image counts, sizes and class fractions.
+        classes: base.classes; class id = index.
+        data: the data section (format, ignore_labels, mask_suffix, mask_colors, unknown_colors, workers).
+        progress: show a progress bar (only on a terminal).
+    """
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if not input_dir.is_dir():
+        raise SegpipeError(f"{input_dir}: input folder not found")
+    colors = maskfolder.parse_mask_colors(data.mask_colors, classes) if data.format == "masks" else None
+    jobs, problems = plan_jobs(input_dir, data)
+    with atomic_dir(out_dir) as tmp:
+        settings = Settings(data.format, input_dir, tmp / "images", tmp / "masks", classes, data.ignore_labels, colors)
+        settings.images_dir.mkdir()
+        settings.masks_dir.mkdir()
+        work = partial(convert_item, settings=settings)
+        outcomes = map_files(work, jobs, workers=data.workers, progress=progress, desc="convert")
+        results = [r for r in outcomes if isinstance(r, ItemResult)]
+        problems += failures(outcomes)
+        _raise_problems(problems, results, colors, data.unknown_colors, len(jobs))
+        write_manifest(tmp / "manifest.csv", results, classes)
+    metrics = dataset_metrics(results, classes)
+    atomic_write_text(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
+    return ConvertSummary(len(results), out_dir, metrics)
+
+
+def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str]]:
+    """The items to convert, checked for duplicate ids, and the pairing problems found on the way."""
+    problems: list[str] = []
+    if data.format == "labelme":
+        jobs = [Job(p.stem, p) for p in labelme.find_annotations(input_dir)]
+        if not jobs:
+            raise SegpipeError(f"{input_dir}: no labelme .json files found (data.format is 'labelme')")
+    else:
+        pairs, problems = maskfolder.find_pairs(input_dir, data.mask_suffix)
+        jobs = [Job(image.stem, image, mask) for image, mask in pairs]
+    _check_unique_ids(jobs)
+    return jobs, problems
+
+
+def _check_unique_ids(jobs: Sequence[Job]) -> None:
+    """Outputs are named by source stem, so two sources with the same stem would overwrite each other."""
+    by_id: dict[str, list[Path]] = {}
+    for job in jobs:
+        by_id.setdefault(job.id, []).append(job.source)
+    clashes = [f"  {item_id!r}: {', '.join(map(str, paths))}" for item_id, paths in by_id.items() if len(paths) > 1]
+    if clashes:
+        raise SegpipeError(
+            "duplicate ids: outputs are named after the source file's stem, and these files share one; "
+            "rename or remove one of each:\n" + _cap(clashes)
+        )
+
+
+def convert_item(job: Job, settings: Settings) -> ItemResult | SegpipeError:
+    """Convert one item into settings.images_dir / masks_dir; a bad input is returned, not raised.
+
+    Returning the SegpipeError lets the caller collect every bad file before reporting; any other
+    exception is a bug and propagates, with a note naming the file.
+    """
+    try:
+        if settings.format == "labelme":
+            annotation = labelme.load_annotation(job.source, settings.input_dir)
+            source, pixels = annotation.image_source, annotation.image
+            ids, unknown = labelme.rasterize(annotation, settings.classes, settings.ignore_labels), {}
+        else:
+            source = job.source
+            pixels, ids, unknown = maskfolder.load_pair(job.source, job.mask, settings.colors)
+        write_image(settings.images_dir, job.id, source, pixels)
+        write_mask(settings.masks_dir / f"{job.id}.png", ids)
+    except SegpipeError as exc:
+        return exc
+    except Exception as exc:
+        exc.add_note(f"while converting {job.source}")
+        raise
+    counts = np.bincount(ids.ravel(), minlength=256)
+    return ItemResult(
+        id=job.id,
+        source=job.source.relative_to(settings.input_dir).as_posix(),
+        mask=job.mask.relative_to(settings.input_dir).as_posix() if job.mask else None,
+        width=int(ids.shape[1]),
+        height=int(ids.shape[0]),
+        counts=tuple(int(c) for c in counts[: len(settings.classes)]) + (int(counts[IGNORE_INDEX]),),
+        unknown=unknown,
+    )
+
+
+def write_image(folder: Path, item_id: str, source: bytes | Path, pixels: np.ndarray) -> Path:
+    """Write an image as `<id>.jpg`/`<id>.png`: the source bytes when they already are what we want.
+
+    A JPEG or PNG that is RGB and needs no EXIF rotation is copied byte for byte (no re-encoding
+    loss); anything else is written as a PNG of the decoded, rotated RGB `pixels`.
+    """
+    suffix = _copyable_suffix(source)
+    if suffix is None:
+        target = folder / f"{item_id}.png"
+        Image.fromarray(pixels).save(target, format="PNG")
+    elif isinstance(source, bytes):
+        target = folder / f"{item_id}{suffix}"
+        target.write_bytes(source)
+    else:
+        target = folder / f"{item_id}{suffix}"
+        shutil.copyfile(source, target)
+    return target
+
+
+def _copyable_suffix(source: bytes | Path) -> str | None:
+    """'.jpg' or '.png' when the file can be used as it is, else None (reads the header only)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        if image.mode != "RGB" or image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+            return None
+        return {"JPEG": ".jpg", "PNG": ".png"}.get(image.format)
+
+
+def _cap(lines: list[str], limit: int = MAX_ERROR_LINES) -> str:
+    shown = lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
+    return "\n".join(shown)
+
+
+def _raise_problems(
+    problems: list[str],
+    results: list[ItemResult],
+    colors: maskfolder.ColorMap | None,
+    unknown_colors: str,
+    total: int,
+) -> None:
+    """Raise one SegpipeError listing every bad file and every unknown mask value, if any."""
+    sections = []
+    if problems:
+        sections.append(f"{len(problems)} problem(s) in the input ({total} items):\n" + _cap([f"  {p}" for p in problems]))
+    if colors is not None and unknown_colors == "error":
+        report = maskfolder.unknown_values_report([(r.mask, r.unknown) for r in results if r.unknown], colors)
+        if report:
+            sections.append("\n".join(report))
+    if sections:
+        raise SegpipeError("\n".join(sections))
+
+
+def write_manifest(path: Path, results: Sequence[ItemResult], classes: tuple[str, ...]) -> None:
+    """manifest.csv: id, source, width, height, pixels_<class>..., pixels_ignore; one row per item, by id."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "source", "width", "height", *[f"pixels_{c}" for c in classes], "pixels_ignore"])
+        for r in sorted(results, key=lambda r: r.id):
+            writer.writerow([r.id, r.source, r.width, r.height, *r.counts])
+
+
+def dataset_metrics(results: Sequence[ItemResult], classes: tuple[str, ...]) -> dict[str, float | int]:
+    """Image count, size range and the fraction of all pixels in each class (6 digits)."""
+    totals = np.sum([r.counts for r in results], axis=0, dtype=np.int64)
+    pixels = max(int(sum(r.width * r.height for r in results)), 1)
+    metrics: dict[str, float | int] = {
+        "images": len(results),
+        "min_width": min(r.width for r in results),
+        "max_width": max(r.width for r in results),
+        "min_height": min(r.height for r in results),
+        "max_height": max(r.height for r in results),
+    }
+    for name, count in zip([*classes, "ignore"], totals):
+        metrics[f"fraction_{name}"] = round(int(count) / pixels, 6)
+    return metrics
