@@ -1,0 +1,223 @@
+"""Backbone registry, ``build_model``, and loading pretrained weights (offline only).
+
+Each backbone name maps to a builder returning the encoder and the decoder widths that go with
+it; ``build_model`` adds the attention modules, decoder and head, then loads weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+
+from segpipe.errors import SegpipeError
+from segpipe.models.cbam import check_cbam_args, make_attention
+from segpipe.models.encoders import Encoder, PlainEncoder, ResNet50Encoder, VGG16Encoder
+from segpipe.models.unet import UNet, UNetDecoder
+
+logger = logging.getLogger(__name__)
+
+# A builder takes base_channels (only `plain` uses it) and returns the encoder and the decoder's
+# output channels per skip, deepest first.
+Builder = Callable[[int], tuple[Encoder, tuple[int, ...]]]
+
+
+def _build_plain(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
+    b = base_channels
+    return PlainEncoder(base_channels=b), (8 * b, 4 * b, 2 * b, b)
+
+
+def _build_vgg16(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
+    # Decoder widths of the bubbliiiing VGG U-Net: each block outputs its skip's width.
+    return VGG16Encoder(), (512, 256, 128, 64)
+
+
+def _build_resnet50(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
+    return ResNet50Encoder(), (512, 256, 128, 64)
+
+
+_BUILDERS: dict[str, Builder] = {
+    "plain": _build_plain,
+    "resnet50": _build_resnet50,
+    "vgg16": _build_vgg16,
+}
+BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
+
+# torchvision weights whose file "imagenet" means; `plain` has none.
+_IMAGENET_WEIGHTS = {
+    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
+}
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading a weights file did: tensors copied, file keys unused, model keys not set."""
+
+    loaded: int
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    loaded_encoder: int = 0  # how many of `loaded` went into the encoder
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    cbam: bool = False,
+    cbam_reduction: int = 16,
+    cbam_kernel: int = 7,
+    base_channels: int = 32,
+    pretrained: str = "none",
+) -> UNet:
+    """Build a U-Net.
+
+    Args:
+        backbone: one of ``BACKBONES``.
+        num_classes: output channels (background included).
+        cbam: put a CBAM on every skip connection and on the bottleneck.
+        cbam_reduction: channel-attention MLP reduction ratio.
+        cbam_kernel: spatial-attention kernel size (odd).
+        base_channels: width of the first `plain` stage (ignored by the other backbones).
+        pretrained: "none", "imagenet" (torchvision's file, which must already be in torch hub's
+            cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
+            checkpoint. The result of loading is logged and kept in ``model.load_report``.
+    """
+    builder = _BUILDERS.get(backbone)
+    if builder is None:
+        raise SegpipeError(
+            f"unknown model.backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}"
+        )
+    if num_classes < 1:
+        raise SegpipeError(f"num_classes must be at least 1, got {num_classes}")
+    if base_channels < 1:
+        raise SegpipeError(f"model.base_channels must be at least 1, got {base_channels}")
+    check_cbam_args(reduction=cbam_reduction, kernel_size=cbam_kernel)
+
+    encoder, decoder_channels = builder(base_channels)
+    attentions = [
+        make_attention(c, enabled=cbam, reduction=cbam_reduction, kernel_size=cbam_kernel)
+        for c in encoder.out_channels
+    ]
+    decoder = UNetDecoder(encoder.out_channels, encoder.strides, decoder_channels)
+    model_args = dict(
+        backbone=backbone, num_classes=num_classes, cbam=cbam, cbam_reduction=cbam_reduction,
+        cbam_kernel=cbam_kernel, base_channels=base_channels, pretrained=pretrained,
+    )
+    model = UNet(
+        encoder=encoder, attentions=attentions, decoder=decoder,
+        num_classes=num_classes, model_args=model_args,
+    )
+    model.load_report = load_pretrained(model, backbone, pretrained)
+    return model
+
+
+def load_pretrained(model: UNet, backbone: str, pretrained: str) -> LoadReport | None:
+    """Load `pretrained` ("none", "imagenet" or a file path) into `model`; None for "none"."""
+    if pretrained == "none":
+        return None
+    if pretrained == "imagenet":
+        state = _load_file(imagenet_cache_path(backbone))
+    else:
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise SegpipeError(
+                f"model.pretrained: weights file {str(path)!r} does not exist; give an existing "
+                f".pt/.pth path, 'imagenet', or 'none'."
+            )
+        state = _load_file(path)
+    report = load_state_into(model, state)
+    if not report.loaded_encoder:
+        # A file that only matches e.g. the head's bias is the wrong file, not a partial load.
+        raise SegpipeError(
+            f"model.pretrained={pretrained!r}: no encoder tensor of the file matches the "
+            f"{backbone} U-Net (by name and shape); is it a {backbone} torchvision state_dict, an "
+            f"encoder state_dict or a segpipe checkpoint of the same backbone?"
+        )
+    shown = ", ".join(report.skipped[:10]) + (" ..." if len(report.skipped) > 10 else "")
+    logger.info("loaded %d tensors, skipped %d: %s", report.loaded, len(report.skipped), shown)
+    return report
+
+
+def imagenet_cache_path(backbone: str) -> Path:
+    """Path of the torchvision ImageNet weights for `backbone` in torch hub's cache.
+
+    Raises SegpipeError when there are none for the backbone or the file is not cached: the
+    pipeline runs offline, so it never downloads.
+    """
+    weights = _IMAGENET_WEIGHTS.get(backbone)
+    if weights is None:
+        raise SegpipeError(
+            f"model.pretrained='imagenet': there are no ImageNet weights for the {backbone!r} "
+            f"backbone; use pretrained 'none' or one of {', '.join(_IMAGENET_WEIGHTS)}."
+        )
+    filename = os.path.basename(urlparse(weights.url).path)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if not path.is_file():
+        raise SegpipeError(
+            f"model.pretrained='imagenet': the {backbone} ImageNet weights are not cached at "
+            f"{path} and this pipeline runs offline (it does not download). Fix: download "
+            f"{weights.url} on a machine with internet and copy it to {path} (or set TORCH_HOME), "
+            f"or set model.pretrained to a local .pth path, or to 'none'."
+        )
+    return path
+
+
+def _load_file(path: Path) -> Mapping[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise SegpipeError(f"cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
+        state = state["model"]  # a segpipe checkpoint
+    if not isinstance(state, Mapping):
+        raise SegpipeError(
+            f"weights file {path} holds a {type(state).__name__}, not a state_dict "
+            "(a mapping of names to tensors) or a checkpoint with a 'model' entry"
+        )
+    return state
+
+
+def load_state_into(model: UNet, state: Mapping[str, Any]) -> LoadReport:
+    """Copy the tensors of `state` whose names and shapes match into `model` (non-strict).
+
+    Names may be the model's own (segpipe state_dict or checkpoint), the encoder's (encoder-only
+    state_dict), or torchvision's (vgg16/resnet50 classification state_dict).
+    Returns a LoadReport; ``missing`` lists the encoder's tensors (the whole model's, when the
+    file held model keys) that were not set.
+    """
+    own = model.state_dict()
+    matched: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
+    for key, value in state.items():
+        target = _target_key(model, own, key)
+        if target is None or not isinstance(value, torch.Tensor):
+            skipped.append(key)
+        elif value.shape != own[target].shape:
+            skipped.append(f"{key} (shape {tuple(value.shape)} != {tuple(own[target].shape)})")
+        else:
+            matched[target] = value
+    model.load_state_dict(matched, strict=False)
+    whole_model = any(not k.startswith("encoder.") for k in matched)
+    scope = own if whole_model else [k for k in own if k.startswith("encoder.")]
+    missing = [k for k in scope if k not in matched]
+    in_encoder = sum(k.startswith("encoder.") for k in matched)
+    return LoadReport(len(matched), skipped=skipped, missing=missing, loaded_encoder=in_encoder)
+
+
+def _target_key(model: UNet, own: Mapping[str, Any], key: str) -> str | None:
+    if key in own:
+        return key
+    if f"encoder.{key}" in own:
+        return f"encoder.{key}"
+    mapped = model.encoder.torchvision_key(key)
+    if mapped is not None and f"encoder.{mapped}" in own:
+        return f"encoder.{mapped}"
+    return None
