@@ -83,14 +83,65 @@ class AugmentSection(Section):
         return sigma
 
 
+class ModelSection(Section):
+    backbone: str = "plain"  # checked against the model registry when the model is built
+    base_channels: int = Field(default=16, ge=1)  # plain U-Net width; vgg16/resnet50 fix their own
+    cbam: bool = False
+    cbam_reduction: int = Field(default=16, ge=1)
+    cbam_kernel: int = Field(default=7, ge=1)
+    pretrained: str = "none"  # none | imagenet | a path to a weights file
+
+
+class LossWeights(Section):
+    ce: float = Field(default=0.0, ge=0.0)
+    focal: float = Field(default=1.0, ge=0.0)
+    dice: float = Field(default=1.0, ge=0.0)
+
+
+class TrainSection(Section):
+    image_size: int = Field(default=128, ge=16)  # letterboxed square side
+    epochs: int = Field(default=30, ge=1)  # in total, frozen epochs included
+    freeze_epochs: int = Field(default=0, ge=0)  # first epochs with the encoder frozen
+    batch_size: int = Field(default=8, ge=1)
+    freeze_batch_size: int = Field(default=8, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(default=3e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # sgd only
+    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    warmup_epochs: int = Field(default=1, ge=0)  # cosine only: linear warm-up
+    step_size: int = Field(default=10, ge=1)  # step only: epochs between decays
+    step_gamma: float = Field(default=0.1, gt=0.0)
+    min_lr_ratio: float = Field(default=0.01, ge=0.0, le=1.0)  # cosine floor, as a fraction of lr
+    grad_clip: float = Field(default=1.0, ge=0.0)  # max gradient norm; 0 = off
+    loss: LossWeights = LossWeights()
+    focal_alpha: float | None = Field(default=0.25, ge=0.0, le=1.0)
+    focal_gamma: float = Field(default=2.0, ge=0.0)
+    class_weights: tuple[float, ...] = ()  # one per class, or empty for none
+    online_augment: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    workers: int = Field(default=0, ge=0)  # DataLoader processes
+    eval_period: int = Field(default=1, ge=1)
+    save_period: int = Field(default=5, ge=0)  # extra checkpoint every N epochs; 0 = only best/last
+    resume: bool = False
+
+    @model_validator(mode="after")
+    def _phases(self) -> TrainSection:
+        if self.freeze_epochs > self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) exceeds epochs ({self.epochs})")
+        if not (self.loss.ce or self.loss.focal or self.loss.dice):
+            raise ValueError("loss: at least one of ce, focal, dice must be above 0")
+        return self
+
+
 class Params(Section):
     base: BaseSection = BaseSection()
     data: DataSection = DataSection()
     split: SplitSection = SplitSection()
     augment: AugmentSection = AugmentSection()
     # Sections of later stages are accepted as they are until their stage defines them.
-    model: dict = Field(default_factory=dict)
-    train: dict = Field(default_factory=dict)
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
     evaluate: dict = Field(default_factory=dict)
     predict: dict = Field(default_factory=dict)
 
@@ -100,6 +151,11 @@ class Params(Section):
         if unknown:
             raise ValueError(
                 f"data.mask_colors names {unknown}, which are not in base.classes {list(self.base.classes)}"
+            )
+        weights = self.train.class_weights
+        if weights and len(weights) != len(self.base.classes):
+            raise ValueError(
+                f"train.class_weights has {len(weights)} values but base.classes has {len(self.base.classes)}"
             )
         return self
 

@@ -1,0 +1,3 @@
+from pipeline.app import app
+
+app(prog_name="python -m pipeline")

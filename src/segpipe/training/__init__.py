@@ -1,0 +1,1 @@
+"""The training stage: a short sequence of named steps (see `loop.fit`)."""
