@@ -6,8 +6,6 @@ from typing import Annotated
 import typer
 
 from pipeline.common import ParamsOption, QuietOption, reports_errors
-from segpipe.augment import augment_dataset
-from segpipe.config import load_params
 
 
 @reports_errors
@@ -19,6 +17,10 @@ def main(
     quiet: QuietOption = False,
 ) -> None:
     """Write augment.copies augmented copies of every training image (none when augment.enabled is false)."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.augment import augment_dataset
+    from segpipe.config import load_params
+
     config = load_params(params)
     count = augment_dataset(
         processed_dir,

@@ -6,8 +6,6 @@ from typing import Annotated
 import typer
 
 from pipeline.common import ParamsOption, QuietOption, reports_errors
-from segpipe.config import load_params
-from segpipe.convert import convert_dataset
 
 
 @reports_errors
@@ -19,6 +17,10 @@ def main(
     quiet: QuietOption = False,
 ) -> None:
     """Convert annotations (data.format: labelme or masks) into one-byte class-id masks."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.config import load_params
+    from segpipe.convert import convert_dataset
+
     config = load_params(params)
     summary = convert_dataset(
         input_dir, out_dir, metrics, classes=config.base.classes, data=config.data, progress=not quiet

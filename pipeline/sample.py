@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from pipeline.common import reports_errors
-from segpipe.sample import make_aerial, make_lesions
 
 
 class Kind(str, Enum):
@@ -24,6 +23,9 @@ def main(
     seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
 ) -> None:
     """Write a synthetic dataset: dermoscopy-like lesions (labelme) or aerial tiles (colour masks)."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.sample import make_aerial, make_lesions
+
     make = make_lesions if kind is Kind.lesions else make_aerial
     paths = make(out_dir, count=count, size=size, seed=seed)
     typer.echo(f"sample: wrote {len(paths)} {kind.value} images -> {out_dir}")

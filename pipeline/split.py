@@ -6,8 +6,6 @@ from typing import Annotated
 import typer
 
 from pipeline.common import ParamsOption, reports_errors
-from segpipe.config import load_params
-from segpipe.split import write_split
 
 
 @reports_errors
@@ -17,6 +15,10 @@ def main(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Split the converted ids into train.txt and val.txt (hold-out by split.val_fraction, or k-fold)."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.config import load_params
+    from segpipe.split import write_split
+
     config = load_params(params)
     split = write_split(processed_dir, splits_dir, config.split, config.base.seed)
     typer.echo(f"split: {len(split.train)} train, {len(split.val)} val -> {splits_dir}")

@@ -1,0 +1,76 @@
+"""The stage commands through Typer's CliRunner: arguments, params file, messages and exit codes."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.app import app
+from tests.conftest import REPO
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_every_stage():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("sample", "convert", "split", "augment", "train"):
+        assert command in result.output
+
+
+@pytest.fixture
+def lesions(tmp_path: Path) -> Path:
+    result = invoke("sample", tmp_path / "raw", "--kind", "lesions", "--count", "6", "--size", "64", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "raw"
+
+
+def test_data_stages_chain_from_sample_to_augmented_set(lesions: Path, tmp_path: Path):
+    params = REPO / "params.yaml"
+    steps = [
+        ("convert", lesions, tmp_path / "processed", "--metrics", tmp_path / "data.json", "--quiet"),
+        ("split", tmp_path / "processed", tmp_path / "splits"),
+        ("augment", tmp_path / "processed", tmp_path / "splits", tmp_path / "aug", "--quiet"),
+    ]
+    for step in steps:
+        result = invoke(*step, "--params", params)
+        assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "data.json").read_text())["images"] == 6
+    train = (tmp_path / "splits" / "train.txt").read_text().split()
+    assert len(list((tmp_path / "aug" / "masks").glob("*.png"))) == 2 * len(train)
+
+
+def test_aerial_sample_writes_images_and_colour_masks(tmp_path: Path):
+    result = invoke("sample", tmp_path / "aerial", "--kind", "aerial", "--count", "2", "--size", "64")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "aerial" / "images").glob("*.jpg"))) == 2
+    assert len(list((tmp_path / "aerial" / "masks").glob("*.png"))) == 2
+
+
+def test_bad_input_exits_1_with_the_file_named_and_leaves_no_output(lesions: Path, tmp_path: Path):
+    (lesions / "lesion_002.json").write_text("{not json")
+    out = tmp_path / "processed"
+    result = invoke("convert", lesions, out, "--metrics", tmp_path / "data.json", "--params", REPO / "params.yaml")
+    assert result.exit_code == 1
+    assert "lesion_002.json" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / "data.json").exists()
+
+
+def test_bad_params_file_exits_1_naming_the_key(tmp_path: Path):
+    params = tmp_path / "params.yaml"
+    params.write_text("split:\n  val_fraction: 0.1\n  seed: 3\n")
+    result = invoke("split", tmp_path, tmp_path / "splits", "--params", params)
+    assert result.exit_code == 1
+    assert "unknown key 'split.seed'" in result.output
+
+
+def test_missing_stage_input_exits_1(tmp_path: Path):
+    result = invoke("split", tmp_path / "nowhere", tmp_path / "splits", "--params", REPO / "params.yaml")
+    assert result.exit_code == 1
+    assert "manifest.csv: not found" in result.output
