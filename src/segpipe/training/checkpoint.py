@@ -23,8 +23,12 @@ def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": FORMAT_VERSION, **checkpoint}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT_VERSION, **checkpoint}, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt must not leave the temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

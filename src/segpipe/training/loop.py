@@ -115,16 +115,22 @@ def build_state(params: Params, device: torch.device, precision: Precision) -> T
         base_channels=m.base_channels,
         pretrained=m.pretrained,
     )
-    if params.train.image_size % model.required_multiple:
+    multiple = model.required_multiple
+    if params.train.image_size % multiple:
+        nearest = max(1, round(params.train.image_size / multiple)) * multiple
         raise SegpipeError(
-            f"train.image_size {params.train.image_size} must be a multiple of {model.required_multiple} "
-            f"for model.backbone {m.backbone}; try {round(params.train.image_size / model.required_multiple) * model.required_multiple}"
+            f"train.image_size {params.train.image_size} must be a multiple of {multiple} "
+            f"for model.backbone {m.backbone}; try {nearest}"
         )
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LrSchedule(params.train))
+    # LambdaLR saves the __dict__ of a callable object (here a TrainSection) into its state_dict,
+    # which a weights_only load rejects; a plain function is saved as nothing, and a resumed run
+    # takes its schedule from the current params.
+    schedule = LrSchedule(params.train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
     return TrainState(model, optimizer, scheduler, scaler)
 

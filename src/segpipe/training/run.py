@@ -68,10 +68,11 @@ def _loader(dataset, indices: Sequence[int], batch_size: int, workers: int, devi
 
 
 def _clear_checkpoints(models_dir: Path) -> None:
-    """A fresh run starts from an empty models folder (DVC keeps it between runs for resume)."""
-    for pattern in ("*.pt", tracking.RUN_ID_FILE):
-        for path in models_dir.glob(pattern):
-            path.unlink()
+    """A fresh run starts without old checkpoints (DVC keeps the folder between runs for resume).
+
+    The MLflow run id file is train_stage's: it is written before `fit` starts."""
+    for path in models_dir.glob("*.pt"):
+        path.unlink()
 
 
 def fit(
@@ -219,9 +220,12 @@ def train_stage(
     run_id_file = outputs.models_dir / tracking.RUN_ID_FILE
     resume_run = run_id_file.read_text().strip() if params.train.resume and run_id_file.exists() else None
     tracker.start(params.base.experiment, tracking.run_name(), params_json, tags, run_id=resume_run)
-    if tracker.run_id and is_main:
+    if is_main:
         outputs.models_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_id_file, tracker.run_id + "\n")
+        if tracker.run_id:
+            atomic_write_text(run_id_file, tracker.run_id + "\n")
+        else:  # a later resume must not reopen an older run
+            run_id_file.unlink(missing_ok=True)
     try:
         state = fit(params, train_samples, val_samples, outputs.models_dir, progress=progress, tracker=tracker)
     except BaseException:

@@ -37,7 +37,7 @@ def project_root(start: Path | None = None) -> Path:
             root = start
     # A temp or queued experiment runs in <project>/.dvc/tmp/exps/<run>/...: log to <project>.
     parts = root.parts
-    for i in range(len(parts) - 3):
+    for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return root

@@ -1,0 +1,101 @@
+"""Checkpoints: which files a run keeps, that they load safely, and that they rebuild the model alone."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from segpipe.errors import SegpipeError
+from segpipe.training import checkpoint as checkpoint_module
+from segpipe.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segpipe.training.run import fit
+from tests.training.conftest import tiny_params, tiny_samples
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-epoch run saving epoch_NNN.pt every 2 epochs: (models dir, final state)."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    samples = tiny_samples(root / "processed")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        state = fit(tiny_params({"epochs": 4, "save_period": 2, "lr": 0.02}), samples, samples, root / "models", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return root / "models", state
+
+
+def test_best_last_and_every_save_period_epochs_are_kept_and_nothing_else(trained):
+    models, state = trained
+    assert sorted(p.name for p in models.iterdir()) == ["best.pt", "epoch_002.pt", "epoch_004.pt", "last.pt"]
+    assert load_checkpoint(models / "last.pt")["epoch"] == 4
+    assert load_checkpoint(models / "epoch_002.pt")["epoch"] == 2
+    best = load_checkpoint(models / "best.pt")
+    mious = [row["val_miou"] for row in state.history]
+    assert best["epoch"] == best["best_epoch"] == state.best_epoch == 1 + mious.index(max(mious))
+    assert best["best_miou"] == max(mious)
+
+
+def test_checkpoints_load_with_weights_only_and_carry_their_config(trained):
+    models, _ = trained
+    raw = torch.load(models / "last.pt", map_location="cpu", weights_only=True)
+    assert raw["model_args"] == {
+        "backbone": "plain", "num_classes": 2, "cbam": False, "cbam_reduction": 16,
+        "cbam_kernel": 7, "base_channels": 4, "pretrained": "none",
+    }
+    assert raw["classes"] == ["background", "lesion"]
+    assert raw["image_size"] == 32
+    assert raw["params"]["train"]["save_period"] == 2
+    assert [row["epoch"] for row in raw["history"]] == [1, 2, 3, 4]
+
+
+def test_model_from_checkpoint_rebuilds_the_trained_model_from_the_file_alone(trained):
+    models, state = trained
+    rebuilt = model_from_checkpoint(load_checkpoint(models / "last.pt")).eval()
+    state.model.eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), state.model(images))
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path: Path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model": {}, "model_args": {}, "epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+    def save_half_then_fail(obj, file):
+        Path(file).write_bytes(b"half a checkpoint")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"model": {}, "model_args": {}, "epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a checkpoint at all", "not a readable segpipe checkpoint"),
+        ({"weights": torch.zeros(1)}, r"not a segpipe checkpoint \(no model_args/model entries\)"),
+    ],
+    ids=["garbage", "foreign dict"],
+)
+def test_a_file_that_is_no_checkpoint_is_refused_by_name(tmp_path: Path, content, message):
+    path = tmp_path / "other.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(SegpipeError, match=f"{re.escape(str(path))}: {message}"):
+        load_checkpoint(path)
+
+
+def test_a_missing_checkpoint_says_to_train_first(tmp_path: Path):
+    with pytest.raises(SegpipeError, match=r"missing\.pt: checkpoint not found; run the train stage first"):
+        load_checkpoint(tmp_path / "missing.pt")
