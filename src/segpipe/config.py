@@ -134,6 +134,12 @@ class TrainSection(Section):
         return self
 
 
+class EvaluateSection(Section):
+    batch_size: int = Field(default=4, ge=1)  # validation images per forward pass
+    gallery_size: int = Field(default=4, ge=0)  # best and worst images shown in the gallery plot
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
 class Params(Section):
     base: BaseSection = BaseSection()
     data: DataSection = DataSection()
@@ -142,7 +148,7 @@ class Params(Section):
     # Sections of later stages are accepted as they are until their stage defines them.
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
-    evaluate: dict = Field(default_factory=dict)
+    evaluate: EvaluateSection = EvaluateSection()
     predict: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -1,0 +1,44 @@
+"""`python -m pipeline evaluate CHECKPOINT PROCESSED_DIR SPLITS_DIR`: score a model on the validation images."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.common import ParamsOption, QuietOption, reports_errors
+
+
+@reports_errors
+def main(
+    checkpoint: Annotated[Path, typer.Argument(help="The train stage's checkpoint (best.pt).")],
+    processed_dir: Annotated[Path, typer.Argument(help="The convert stage's output.")],
+    splits_dir: Annotated[Path, typer.Argument(help="The split stage's output (the ids in val.txt are scored).")],
+    metrics: Annotated[Path, typer.Option(help="Summary metrics JSON (DVC metric).")] = Path("metrics/eval.json"),
+    per_class: Annotated[Path, typer.Option(help="Per-class scores CSV.")] = Path("metrics/eval_per_class.csv"),
+    per_image: Annotated[Path, typer.Option(help="Per-image IoU and Dice CSV.")] = Path("metrics/eval_per_image.csv"),
+    iou_plot: Annotated[Path, typer.Option(help="Per-class IoU CSV (DVC bar plot).")] = Path("metrics/eval_class_iou.csv"),
+    plots_dir: Annotated[Path, typer.Option(help="Where the score, confusion and gallery PNGs go.")] = Path("plots/eval"),
+    params: ParamsOption = Path("params.yaml"),
+    quiet: QuietOption = False,
+) -> None:
+    """Score the checkpoint at each validation image's own resolution, with the settings in evaluate.*."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.config import load_params
+    from segpipe.dataset import validation_samples
+    from segpipe.evaluation import EvalOutputs, absent_report, evaluate
+    from segpipe.training.runtime import resolve_device
+
+    config = load_params(params).evaluate
+    outputs = EvalOutputs(metrics=metrics, per_class=per_class, per_image=per_image, iou_plot=iou_plot, plots_dir=plots_dir)
+    result = evaluate(
+        checkpoint,
+        validation_samples(processed_dir, splits_dir),
+        outputs,
+        device=resolve_device(config.device),
+        batch_size=config.batch_size,
+        gallery_size=config.gallery_size,
+        progress=not quiet,
+    )
+    miou = "n/a" if result["miou"] is None else f"{result['miou']:.4f}"
+    typer.echo(f"evaluate: mIoU {miou} over {result['images']} images -> {metrics}")
+    typer.echo(f"evaluate: {absent_report(result)}")

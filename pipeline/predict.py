@@ -1,0 +1,38 @@
+"""`python -m pipeline predict CHECKPOINT INPUT... --out DIR`: masks for new images."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.common import QuietOption, reports_errors
+
+
+@reports_errors
+def main(
+    checkpoint: Annotated[Path, typer.Argument(help="The trained model (best.pt).")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images, or glob patterns.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (not a folder of the inputs).")],
+    overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png.")] = False,
+    probs: Annotated[bool, typer.Option(help="Also write <stem>_probs.npy, (C, H, W) float16.")] = False,
+    tile: Annotated[int | None, typer.Option(help="Predict in overlapping SIZE x SIZE windows (large images).")] = None,
+    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.25,
+    tta: Annotated[bool, typer.Option(help="Average over the 8 rotations and flips.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images, or tiles of one image, per forward pass.")] = 8,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    quiet: QuietOption = False,
+) -> None:
+    """Write a mask per input image at its exact size: 0/255 for 2 classes, a palette PNG of class ids for more."""
+    # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.prediction import predict_paths
+    from segpipe.training.runtime import resolve_device
+
+    report = predict_paths(
+        checkpoint, inputs, out, overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta,
+        batch_size=batch_size, device=resolve_device(device), progress=not quiet,
+    )
+    for message in report.failed:
+        typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"predict: {len(report.written)} masks -> {out}" + (f", {len(report.failed)} failed" if report.failed else ""))
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,238 @@
+"""The predict command's library: masks for new images, at each image's exact size.
+
+For each input image `<stem>.png` is written to the output folder: with two classes a grayscale
+PNG of 0 (background) and 255 (foreground), the form the paper publishes; with more, a VOC
+palette PNG of class ids. Optional `<stem>_overlay.png` (the mask blended over the image) and
+`<stem>_probs.npy` (C, H, W float16 softmax probabilities). A file that cannot be read is
+reported and skipped; the others are still predicted. Inputs are never overwritten.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from segpipe.errors import SegpipeError
+from segpipe.imageio import IMAGE_SUFFIXES, list_images, mask_image, read_image, voc_palette
+from segpipe.inference import Predictor, class_map
+
+OVERLAY_ALPHA = 0.5
+# Class colours for overlays: VOC colours, except that class 1 of the VOC map (dark red,
+# 128, 0, 0) is hard to see on skin and tissue, so the foreground of 2-class models is bright red.
+BINARY_COLOUR = (255, 0, 0)
+
+
+@dataclass
+class PredictReport:
+    """What `predict_paths` did: the masks written and one message per input that failed."""
+
+    written: list[Path] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict and what to write besides the mask."""
+
+    overlay: bool = False
+    probs: bool = False
+    tile: int | None = None  # None: whole images, letterboxed like in training
+    overlap: float = 0.25
+    tta: bool = False
+    batch_size: int = 8
+
+
+def predict_paths(
+    checkpoint: Path,
+    inputs: Sequence[str],
+    out_dir: Path,
+    *,
+    overlay: bool = False,
+    probs: bool = False,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    tta: bool = False,
+    batch_size: int = 8,
+    device: torch.device = torch.device("cpu"),
+    progress: bool = True,
+) -> PredictReport:
+    """Predict every image named by `inputs` and write its mask (and extras) into `out_dir`.
+
+    Args:
+        checkpoint: the trained model (best.pt).
+        inputs: image files, folders (the images directly inside) or glob patterns.
+        out_dir: where the outputs go; must not be a folder that holds an input.
+        overlay: also write `<stem>_overlay.png`.
+        probs: also write `<stem>_probs.npy`, (C, H, W) float16.
+        tile: predict in overlapping tile x tile windows (large images); None: whole images.
+        overlap: fraction of a tile shared with its neighbour.
+        tta: average over the 8 rotations and flips.
+        batch_size: images (or tiles of one image) per forward pass.
+        device: where the model runs.
+        progress: show a progress bar.
+    Raises:
+        SegpipeError for bad arguments (nothing matched, out_dir holds inputs, two inputs with
+        one stem); unreadable images are only reported in the returned report.
+    """
+    options = PredictOptions(overlay, probs, tile, overlap, tta, batch_size)
+    if (tile is not None and tile < 1) or not 0 <= overlap < 1 or batch_size < 1:
+        raise SegpipeError(
+            f"--tile must be >= 1, --overlap in [0, 1) and --batch-size >= 1; got {tile}, {overlap}, {batch_size}"
+        )
+    images = resolve_inputs(inputs)
+    check_outputs(images, Path(out_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(checkpoint, device)
+    report = PredictReport()
+    batch = 1 if options.tile else options.batch_size
+    with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
+        for chunk in _chunks(images, batch):
+            loaded = _read_all(chunk, report)
+            try:
+                for path, image, labels, probs in _predict(predictor, loaded, options):
+                    report.written.append(write_outputs(out_dir / path.stem, image, labels, probs, predictor.num_classes, options))
+            except SegpipeError as exc:  # e.g. --probs of an image too large to hold them
+                report.failed.append(f"{', '.join(str(path) for path, _ in loaded)}: {exc}")
+            bar.update(len(chunk))
+    return report
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
+    """The image files that `inputs` (files, folders, glob patterns) name, in the order given."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = list_images(path)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            raise SegpipeError(f"{item}: no such file or folder; check the path")
+        if not matches:
+            raise SegpipeError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) found there; check the path or pattern")
+        found += matches
+    return found
+
+
+def check_outputs(images: Sequence[Path], out_dir: Path) -> None:
+    """Refuse an output folder that holds an input, and two inputs that would write one mask."""
+    target = out_dir.resolve()
+    for folder in sorted({image.resolve().parent for image in images}):
+        if folder == target:
+            raise SegpipeError(
+                f"--out {out_dir} is the folder of input images ({folder}); masks would be written "
+                "among (and could overwrite) the inputs; choose another --out folder"
+            )
+    seen: dict[str, Path] = {}
+    for image in images:
+        if image.stem in seen and seen[image.stem].resolve() != image.resolve():
+            raise SegpipeError(
+                f"{seen[image.stem]} and {image} both would write {out_dir / image.stem}.png; "
+                "rename one or predict them into different --out folders"
+            )
+        seen[image.stem] = image
+
+
+def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _read_all(paths: Sequence[Path], report: PredictReport) -> list[tuple[Path, np.ndarray]]:
+    """The images that could be read; every other one is recorded in `report.failed`."""
+    loaded = []
+    for path in paths:
+        try:
+            loaded.append((path, read_image(path)))
+        except SegpipeError as exc:
+            report.failed.append(str(exc))
+    return loaded
+
+
+def _predict(
+    predictor: Predictor, loaded: list[tuple[Path, np.ndarray]], options: PredictOptions
+) -> Iterator[tuple[Path, np.ndarray, np.ndarray, torch.Tensor | None]]:
+    """(path, image, labels (H, W) uint8, probs (C, H, W) or None) per image."""
+    if options.tile:
+        for path, image in loaded:
+            if options.probs:
+                probs = predictor.predict_tiled(image, options.tile, options.overlap, tta=options.tta, batch_size=options.batch_size)
+                yield path, image, class_map(probs), probs
+            else:
+                labels = predictor.predict_tiled_labels(
+                    image, options.tile, options.overlap, tta=options.tta, batch_size=options.batch_size
+                )
+                yield path, image, labels, None
+        return
+    all_probs = predictor.predict_batch([image for _, image in loaded], tta=options.tta)
+    for (path, image), probs in zip(loaded, all_probs):
+        yield path, image, class_map(probs), probs if options.probs else None
+
+
+def write_outputs(
+    stem: Path,
+    image: np.ndarray,
+    labels: np.ndarray,
+    probs: torch.Tensor | None,
+    num_classes: int,
+    options: PredictOptions,
+) -> Path:
+    """Write `<stem>.png` and, as asked, `<stem>_overlay.png` and `<stem>_probs.npy`; return the mask's path."""
+    mask_path = stem.with_name(f"{stem.name}.png")
+    _replace_with(mask_path, lambda tmp: output_mask(labels, num_classes).save(tmp, format="PNG"))
+    if options.overlay:
+        overlay = Image.fromarray(colour_overlay(image, labels, num_classes))
+        _replace_with(stem.with_name(f"{stem.name}_overlay.png"), lambda tmp: overlay.save(tmp, format="PNG"))
+    if probs is not None:
+        half = probs.to(torch.float16).numpy()
+        _replace_with(stem.with_name(f"{stem.name}_probs.npy"), lambda tmp: _save_npy(tmp, half))
+    return mask_path
+
+
+def output_mask(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """2 classes: an "L" image of 0 / 255; more: a palette image of class ids."""
+    if num_classes == 2:
+        return Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8), mode="L")
+    return mask_image(labels)
+
+
+def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(H, W, 3) uint8: the image with every non-background pixel blended towards its class colour."""
+    palette = np.array(voc_palette(), dtype=np.float32).reshape(-1, 3)
+    if num_classes == 2:
+        palette[1] = BINARY_COLOUR
+    colours = palette[labels]  # (H, W, 3)
+    blended = image.astype(np.float32)
+    foreground = labels > 0
+    blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]
+    return blended.round().astype(np.uint8)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+
+
+def _replace_with(path: Path, write) -> None:
+    """Write `path` through a temporary file beside it and a rename, so it is whole or absent."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,173 @@
+"""The evaluate stage on a hand-computed case, its files, and its MLflow logging."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from segpipe import inference
+from segpipe.dataset import Sample
+from segpipe.evaluation import EvalOutputs, absent_report, evaluate
+from segpipe.imageio import write_mask
+from segpipe.training.tracking import RUN_ID_FILE
+from tests.test_inference import tiny_checkpoint
+
+CLASSES = ["background", "lesion", "other"]
+
+
+class RedIsLesion(nn.Module):
+    """Predicts lesion exactly where the image is red (R = 255) and background elsewhere; never 'other'.
+
+    After ImageNet normalisation red 255 is positive and red 0 negative, so the sign of the red
+    channel is the lesion logit; 'other' gets a logit far below both.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = x[:, 0]
+        return torch.stack([torch.zeros_like(red), red, torch.full_like(red, -100.0)], dim=1)
+
+
+def write_sample(root: Path, image_id: str, red: np.ndarray, mask: np.ndarray) -> Sample:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    image = np.zeros((*red.shape, 3), np.uint8)
+    image[..., 0] = red * 255
+    Image.fromarray(image).save(root / "images" / f"{image_id}.png")
+    write_mask(root / "masks" / f"{image_id}.png", mask.astype(np.uint8))
+    return Sample(image_id, root / "images" / f"{image_id}.png", root / "masks" / f"{image_id}.png")
+
+
+@pytest.fixture
+def hand_case(tmp_path, monkeypatch):
+    """Two 4x4 images scored by RedIsLesion; the confusion matrix is worked out below."""
+    # Image a: truth lesion in the top-left 2x2; predicted lesion along the top row.
+    truth_a = np.zeros((4, 4)); truth_a[:2, :2] = 1
+    pred_a = np.zeros((4, 4)); pred_a[0, :] = 1
+    # Image b: no lesion, (3, 3) ignored; predicted lesion at (0, 0) only.
+    truth_b = np.zeros((4, 4)); truth_b[3, 3] = 255
+    pred_b = np.zeros((4, 4)); pred_b[0, 0] = 1
+    samples = [write_sample(tmp_path / "data", "a", pred_a, truth_a), write_sample(tmp_path / "data", "b", pred_b, truth_b)]
+    # image_size 4 = the images' size: the letterbox changes nothing, predictions are exactly the red pixels.
+    checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", classes=CLASSES, image_size=4)
+    monkeypatch.setattr(inference, "model_from_checkpoint", lambda ckpt: RedIsLesion())
+    out = EvalOutputs(
+        metrics=tmp_path / "m" / "eval.json",
+        per_class=tmp_path / "m" / "per_class.csv",
+        per_image=tmp_path / "m" / "per_image.csv",
+        iou_plot=tmp_path / "m" / "iou.csv",
+        plots_dir=tmp_path / "plots",
+    )
+    return checkpoint, samples, out
+
+
+# Rows = truth, columns = prediction, over 31 labelled pixels:
+#   a: truth bg 12 -> 10 bg, 2 lesion (0,2) (0,3); truth lesion 4 -> 2 lesion, 2 bg (1,0) (1,1)
+#   b: truth bg 15 -> 14 bg, 1 lesion (0,0)
+#   => [[24, 3, 0], [2, 2, 0], [0, 0, 0]]
+EXPECTED = {
+    "miou": (24 / 29 + 2 / 7) / 2,
+    "iou_background": 24 / 29,
+    "iou_lesion": 2 / 7,
+    "precision_lesion": 2 / 5,
+    "recall_lesion": 2 / 4,
+    "pa_background": 24 / 27,
+    "dice_lesion": 4 / 9,
+    "mprecision": (24 / 26 + 2 / 5) / 2,
+    "mrecall": (24 / 27 + 2 / 4) / 2,
+    "accuracy": 26 / 31,
+}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_scores_match_the_hand_computed_confusion_matrix(hand_case):
+    checkpoint, samples, out = hand_case
+    metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=1)
+    written = json.loads(out.metrics.read_text())
+    assert written == metrics
+    for key, value in EXPECTED.items():
+        assert written[key] == pytest.approx(value), key
+    assert written["images"] == 2
+
+
+def test_absent_class_is_null_reported_and_left_out_of_the_means(hand_case):
+    checkpoint, samples, out = hand_case
+    metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    assert metrics["absent_classes"] == ["other"]
+    assert metrics["iou_other"] is None and metrics["dice_other"] is None
+    assert "NaN" not in out.metrics.read_text()
+    assert absent_report(metrics) == "absent from ground truth and prediction, left out of the means: other"
+    assert metrics["miou"] == pytest.approx(EXPECTED["miou"])  # a mean over 2 classes, not 3
+
+
+def test_per_class_csv_has_counts_and_blank_undefined_cells(hand_case):
+    checkpoint, samples, out = hand_case
+    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    rows = {row["class"]: row for row in read_csv(out.per_class)}
+    assert list(rows) == CLASSES
+    assert (rows["background"]["gt_pixels"], rows["background"]["pred_pixels"]) == ("27", "26")
+    assert (rows["lesion"]["gt_pixels"], rows["lesion"]["pred_pixels"]) == ("4", "5")
+    assert float(rows["lesion"]["pixel_accuracy"]) == pytest.approx(0.5)
+    assert rows["other"]["iou"] == "" and rows["other"]["present"] == "False"
+    plot_rows = read_csv(out.iou_plot)
+    assert [row["class"] for row in plot_rows] == ["background", "lesion"]
+    assert float(plot_rows[1]["iou"]) == pytest.approx(2 / 7)
+
+
+def test_per_image_csv_has_one_row_per_image_with_its_own_scores(hand_case):
+    checkpoint, samples, out = hand_case
+    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    rows = read_csv(out.per_image)
+    assert [row["id"] for row in rows] == ["a", "b"]
+    assert list(rows[0]) == ["id", "iou_background", "iou_lesion", "iou_other",
+                             "dice_background", "dice_lesion", "dice_other", "miou"]
+    assert float(rows[0]["iou_lesion"]) == pytest.approx(2 / 6)
+    assert float(rows[0]["iou_background"]) == pytest.approx(10 / 14)
+    assert float(rows[1]["iou_lesion"]) == 0.0  # predicted but not in the truth: present, IoU 0
+    assert rows[1]["iou_other"] == "" and rows[1]["dice_other"] == ""
+    assert float(rows[1]["miou"]) == pytest.approx((14 / 15) / 2)
+
+
+def test_figures_are_written(hand_case):
+    checkpoint, samples, out = hand_case
+    evaluate(checkpoint, samples, out, progress=False, gallery_size=1)
+    for name in ("class_scores.png", "confusion_matrix.png", "gallery.png"):
+        assert Image.open(out.plots_dir / name).size[0] > 100
+
+
+def test_metrics_are_logged_to_the_training_run(hand_case, tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "mlruns").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_metric("val_miou", 0.5)
+    checkpoint, samples, out = hand_case
+    (checkpoint.parent / RUN_ID_FILE).write_text(run.info.run_id + "\n")
+    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
+    assert logged["miou"] == pytest.approx(EXPECTED["miou"])
+    assert logged["images"] == 2 and logged["val_miou"] == 0.5
+    assert "iou_other" not in logged  # undefined values are not logged as numbers
+
+
+def test_mlflow_failure_is_a_warning_and_the_files_are_still_written(hand_case, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing-folder' / 'mlflow.db'}")
+    checkpoint, samples, out = hand_case
+    (checkpoint.parent / RUN_ID_FILE).write_text("0123456789abcdef\n")
+    with pytest.warns(UserWarning, match="MLflow logging"):
+        metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    assert math.isclose(json.loads(out.metrics.read_text())["miou"], metrics["miou"])
