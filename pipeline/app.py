@@ -2,10 +2,10 @@
 
 import typer
 
-from pipeline import augment, convert, sample, split, train
+from pipeline import augment, compare, convert, evaluate, predict, sample, split, train
 
 app = typer.Typer(
-    help="segpipe stages: sample data, convert, split, augment, train (run them through `dvc repro`).",
+    help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict and compare.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -15,3 +15,6 @@ app.command("convert")(convert.main)
 app.command("split")(split.main)
 app.command("augment")(augment.main)
 app.command("train")(train.main)
+app.command("evaluate")(evaluate.main)
+app.command("predict")(predict.main)
+app.command("compare")(compare.main)

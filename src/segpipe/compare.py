@@ -1,0 +1,520 @@
+"""Compare two groups of training runs: is B better than A, beyond image and seed noise?
+
+A group is one or more finished MLflow runs, named by a DVC experiment name, a run id, a
+comma-separated list of either, or an MLflow search filter (`filter:params.model.cbam = 'True'`).
+Each run's evaluate stage left a per-image CSV (`eval/per_image.csv`: id, iou_<class>...,
+dice_<class>..., blank where undefined), and the comparison rests on it:
+
+    score[run, image]   mean of the image's defined iou_<class> values (its mIoU)
+    difference          mean over images of (mean over B runs - mean over A runs)
+    95% CI              hierarchical paired bootstrap: runs resampled within each group,
+                        validation images resampled once per iteration for both groups
+
+Resampling the images says how much the difference depends on which images happened to land in
+the validation split; resampling the runs says how much it depends on the seed. A single run per
+group cannot show the second, which the report says in words.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from segpipe.errors import SegpipeError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+PER_IMAGE_ARTIFACT = "eval/per_image.csv"
+METRICS = ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy")
+FILTER_PREFIX = "filter:"
+EXP_NAME_TAG = "dvc.exp_name"
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+_FINISHED = "attributes.status = 'FINISHED'"
+_MAX_RESULTS = 50000  # the SQL store's cap for one search page
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+_CHUNK = 1000  # bootstrap iterations per block: (chunk, images) arrays stay a few MB
+
+
+# --- finding the runs -------------------------------------------------------------------------
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of the MLflow experiment `name`; an unknown name lists the ones that exist."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise SegpipeError(
+            f"MLflow experiment {name!r} not found in the tracking store; available: {', '.join(names) or 'none'} "
+            "(pass --experiment NAME, or set base.experiment in the params file)"
+        )
+    return experiment.experiment_id
+
+
+def resolve_runs(spec: str, client: MlflowClient, experiment_id: str) -> list[Run]:
+    """The finished runs a group spec names, in the spec's order, without duplicates.
+
+    spec: `filter:<MLflow search filter>`, or a comma-separated list of DVC experiment names
+    (tag `dvc.exp_name`, else the run name) and 32-hex-digit MLflow run ids.
+    """
+    spec = spec.strip()
+    if spec.startswith(FILTER_PREFIX):
+        runs = _search_filter(spec[len(FILTER_PREFIX) :].strip(), client, experiment_id)
+    else:
+        items = [item.strip() for item in spec.split(",") if item.strip()]
+        if not items:
+            raise SegpipeError(f"empty group spec {spec!r}: give a DVC experiment name, a run id or filter:<expr>")
+        runs = [_resolve_item(item, client, experiment_id) for item in items]
+    unique = {run.info.run_id: run for run in runs}  # dict keeps the first-seen order
+    return list(unique.values())
+
+
+def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    try:
+        return list(
+            client.search_runs(
+                [experiment_id], filter_string, max_results=_MAX_RESULTS, order_by=["attributes.start_time DESC"]
+            )
+        )
+    except Exception as exc:  # MLflow reports a bad filter as MlflowException with its parser's message
+        raise SegpipeError(
+            f"MLflow could not search runs with filter {filter_string!r}: {exc} "
+            "(syntax: params.model.cbam = 'True', tags.`dvc.exp_name` = 'name', metrics.miou > 0.5)"
+        ) from None
+
+
+def _search_filter(expression: str, client: MlflowClient, experiment_id: str) -> list[Run]:
+    if not expression:
+        raise SegpipeError("empty filter: write e.g. filter:params.model.cbam = 'True'")
+    runs = _search(client, experiment_id, f"{expression} and {_FINISHED}")
+    if not runs:
+        raise SegpipeError(
+            f"no finished run matches filter {expression!r}; params are logged as Python strings "
+            f"(booleans 'True'/'False'). {_available(client, experiment_id)}"
+        )
+    return runs
+
+
+def _resolve_item(item: str, client: MlflowClient, experiment_id: str) -> Run:
+    if _RUN_ID.fullmatch(item):
+        return _run_by_id(item, client, experiment_id)
+    quoted = item.replace("'", "\\'")
+    for key in (f"tags.`{EXP_NAME_TAG}`", "attributes.run_name"):
+        runs = _search(client, experiment_id, f"{key} = '{quoted}'")
+        finished = [run for run in runs if run.info.status == "FINISHED"]
+        if finished:
+            if len(finished) > 1:
+                warnings.warn(
+                    f"{len(finished)} finished runs are named {item!r}; using the latest, "
+                    f"{finished[0].info.run_id} (name a run by its id to pick another)",
+                    stacklevel=3,
+                )
+            return finished[0]
+        if runs:
+            raise SegpipeError(
+                f"run {item!r} ({runs[0].info.run_id}) is {runs[0].info.status}, not FINISHED: "
+                "only completed runs can be compared (let it finish, or re-run it)"
+            )
+    raise SegpipeError(f"no run named {item!r} in the experiment. {_available(client, experiment_id)}")
+
+
+def _run_by_id(run_id: str, client: MlflowClient, experiment_id: str) -> Run:
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST)
+        raise SegpipeError(f"no MLflow run with id {run_id}. {_available(client, experiment_id)}") from None
+    if run.info.experiment_id != experiment_id:
+        raise SegpipeError(
+            f"run {run_id} belongs to experiment id {run.info.experiment_id}, not {experiment_id}: "
+            "pass --experiment with that run's experiment"
+        )
+    if run.info.status != "FINISHED":
+        raise SegpipeError(f"run {run_id} is {run.info.status}, not FINISHED: only completed runs can be compared")
+    return run
+
+
+def _available(client: MlflowClient, experiment_id: str, limit: int = 30) -> str:
+    """'Available runs: ...' for error messages: DVC experiment names, else run names."""
+    names: list[str] = []
+    for run in _search(client, experiment_id, _FINISHED):
+        name = run.data.tags.get(EXP_NAME_TAG) or run.info.run_name or run.info.run_id
+        if name not in names:
+            names.append(name)
+    if not names:
+        return "The experiment has no finished runs (train, then evaluate, first)."
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"Available runs (DVC experiment / run names): {', '.join(names[:limit])}{more}."
+
+
+# --- per-image scores -------------------------------------------------------------------------
+
+
+def per_image_scores(
+    run: Run,
+    tracking_uri: str | None = None,
+    classes: Sequence[str] | None = None,
+    artifact_path: str = PER_IMAGE_ARTIFACT,
+) -> pd.Series:
+    """Each validation image's mean IoU over its defined classes (index: image id).
+
+    classes: restrict the mean to these classes (default: every iou_<class> column). Images with
+    no defined IoU among them (the classes absent from both mask and prediction) are dropped.
+    """
+    table = _read_per_image(run, tracking_uri, artifact_path)
+    columns = [c for c in table.columns if c.startswith("iou_")]
+    if classes:
+        missing = [c for c in classes if f"iou_{c}" not in columns]
+        if missing:
+            known = ", ".join(c[len("iou_") :] for c in columns)
+            raise SegpipeError(
+                f"{artifact_path} of run {_label(run)} has no IoU for class(es) {', '.join(missing)}; "
+                f"its classes are: {known} (fix --classes)"
+            )
+        columns = [f"iou_{c}" for c in classes]
+    if not columns:
+        raise SegpipeError(
+            f"{artifact_path} of run {_label(run)} has no iou_<class> columns: re-run the evaluate stage"
+        )
+    # mean skips blanks (NaN): a class absent from both mask and prediction has no IoU to average.
+    scores = table[columns].apply(pd.to_numeric, errors="coerce").mean(axis=1, skipna=True)
+    return scores.dropna().rename(run.info.run_id)
+
+
+def _read_per_image(run: Run, tracking_uri: str | None, artifact_path: str) -> pd.DataFrame:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=artifact_path, dst_path=folder, tracking_uri=tracking_uri
+            )
+        except Exception:  # MlflowException or OSError, depending on the artifact store
+            raise SegpipeError(
+                f"run {_label(run)} has no artifact {artifact_path}: run the evaluate stage for it "
+                "(it logs the per-image CSV to the training run)"
+            ) from None
+        table = pd.read_csv(local, dtype={"id": str})
+    if "id" not in table.columns:
+        raise SegpipeError(f"{artifact_path} of run {_label(run)} has no 'id' column: re-run the evaluate stage")
+    duplicated = table["id"][table["id"].duplicated()].tolist()
+    if duplicated:
+        raise SegpipeError(f"{artifact_path} of run {_label(run)} repeats image ids {duplicated[:5]}: re-run evaluate")
+    return table.set_index("id")
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """Silence MLflow's download bar for a moment: one bar per run would bury the report on stderr."""
+    previous = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = previous
+
+
+def _label(run: Run) -> str:
+    name = run.data.tags.get(EXP_NAME_TAG) or run.info.run_name
+    return f"{name} ({run.info.run_id})" if name else run.info.run_id
+
+
+def score_matrix(scores: Sequence[pd.Series], ids: Sequence[str]) -> np.ndarray:
+    """(runs, images) scores of `ids`, in that order, one row per run."""
+    return np.stack([series.loc[list(ids)].to_numpy(dtype=float) for series in scores])
+
+
+# --- the bootstrap ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """B - A in per-image score (fractions, not points) and its 95% percentile interval."""
+
+    diff: float
+    low: float
+    high: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> BootstrapResult:
+    """Hierarchical paired bootstrap of mean(B) - mean(A) over images.
+
+    a: (runs_a, images) and b: (runs_b, images) scores, columns the same images in the same order.
+    Each iteration draws runs with replacement within each group and one set of image indices
+    (shared by A and B, so image difficulty cancels) and takes the mean over the drawn images of
+    (mean of the drawn B runs - mean of the drawn A runs).
+    """
+    a, b = np.atleast_2d(np.asarray(a, float)), np.atleast_2d(np.asarray(b, float))
+    if a.shape[1] != b.shape[1] or a.shape[1] == 0 or 0 in (a.shape[0], b.shape[0]):
+        raise SegpipeError(f"paired bootstrap needs scores of the same images, got A {a.shape} and B {b.shape}")
+    if n_boot < 1:
+        raise SegpipeError(f"--n-boot must be at least 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    diff = float(b.mean(axis=0).mean() - a.mean(axis=0).mean())
+    draws = np.concatenate([_bootstrap_block(a, b, size, rng) for size in _blocks(n_boot)])
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return BootstrapResult(diff=diff, low=float(low), high=float(high))
+
+
+def _blocks(n_boot: int) -> list[int]:
+    return [min(_CHUNK, n_boot - start) for start in range(0, n_boot, _CHUNK)]
+
+
+def _bootstrap_block(a: np.ndarray, b: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` bootstrap differences, without materialising (iterations, images) score arrays."""
+    images = a.shape[1]
+    # counts[k, i]: how often image i was drawn in iteration k; the resampled mean of any
+    # per-image quantity x is then counts @ x / images.
+    counts = _draw_counts(size, images, rng)  # (size, images)
+    weights_a = _draw_counts(size, a.shape[0], rng) / a.shape[0]  # (size, runs_a), rows sum to 1
+    weights_b = _draw_counts(size, b.shape[0], rng) / b.shape[0]
+    mean_a = np.einsum("kr,kr->k", weights_a, counts @ a.T)  # (size,)
+    mean_b = np.einsum("kr,kr->k", weights_b, counts @ b.T)
+    return (mean_b - mean_a) / images
+
+
+def _draw_counts(size: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, n) counts of n draws with replacement from range(n), one row per iteration."""
+    if n == 1:
+        return np.ones((size, 1))
+    picks = rng.integers(0, n, size=(size, n)) + np.arange(size)[:, None] * n
+    return np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(float)
+
+
+def verdict(result: BootstrapResult, name_a: str, name_b: str) -> str:
+    """The answer in words, in mIoU points (100 x the difference)."""
+    diff, low, high = 100 * result.diff, 100 * result.low, 100 * result.high
+    if result.low > 0:
+        return f"{name_b} better by {diff:.1f} mIoU points, 95% CI [{low:.1f}, {high:.1f}]"
+    if result.high < 0:
+        # Stated as A - B so that "better by X" and its interval read as positive numbers.
+        return f"{name_a} better by {-diff:.1f} mIoU points, 95% CI [{-high:.1f}, {-low:.1f}]"
+    return f"no detectable difference ({name_b} − {name_a} = {diff:.1f} points, 95% CI [{low:.1f}, {high:.1f}])"
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One side of the comparison: its runs and the mean and std over them of each eval metric."""
+
+    name: str
+    spec: str
+    runs: list[dict[str, str]]  # {"run_id", "name"}
+    metrics: dict[str, dict[str, float | int | None]]  # metric -> {"mean", "std", "n"}
+
+
+@dataclass(frozen=True)
+class ComparisonReport:
+    """Everything `compare` found; `scores_a`/`scores_b` are the per-image means over each group's runs."""
+
+    a: GroupSummary
+    b: GroupSummary
+    result: BootstrapResult
+    verdict: str
+    n_images: int
+    classes: list[str] | None
+    n_boot: int
+    seed: int
+    notes: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list, repr=False)
+    scores_a: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    scores_b: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "a": self.a.__dict__,
+            "b": self.b.__dict__,
+            "miou_difference": {
+                "b_minus_a": self.result.diff,
+                "ci95_low": self.result.low,
+                "ci95_high": self.result.high,
+            },
+            "significant": self.result.significant,
+            "verdict": self.verdict,
+            "images": self.n_images,
+            "classes": self.classes,
+            "n_boot": self.n_boot,
+            "seed": self.seed,
+            "notes": self.notes,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+    def to_markdown(self) -> str:
+        a, b = self.a, self.b
+        classes = ", ".join(self.classes) if self.classes else "all classes"
+        lines = [
+            f"# {b.name} vs {a.name}",
+            "",
+            f"**{self.verdict}**",
+            "",
+            f"Per-image mIoU ({classes}) over {self.n_images} validation images; A: {len(a.runs)} run(s), "
+            f"B: {len(b.runs)} run(s). 95% CI from a paired bootstrap over images and runs "
+            f"({self.n_boot} resamples, seed {self.seed}).",
+            "",
+            f"| metric | A: {a.name} | B: {b.name} | B − A |",
+            "|---|---|---|---|",
+        ]
+        for metric in METRICS:
+            ma, mb = a.metrics[metric], b.metrics[metric]
+            delta = _number(mb["mean"] - ma["mean"], signed=True) if None not in (ma["mean"], mb["mean"]) else "n/a"
+            lines.append(f"| {metric} | {_mean_std(ma)} | {_mean_std(mb)} | {delta} |")
+        lines += ["", "| group | spec | runs |", "|---|---|---|"]
+        for side, group in (("A", a), ("B", b)):
+            runs = ", ".join(f"{r['name']} (`{r['run_id'][:8]}`)" for r in group.runs)
+            lines.append(f"| {side}: {group.name} | `{group.spec}` | {runs} |")
+        if self.notes:
+            lines += ["", *(f"- {note}" for note in self.notes)]
+        return "\n".join(lines) + "\n"
+
+
+def _number(value: float, signed: bool = False) -> str:
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _mean_std(summary: dict) -> str:
+    if summary["mean"] is None:
+        return "n/a"
+    spread = f" ± {_number(summary['std'])}" if summary["std"] is not None else ""
+    return f"{_number(summary['mean'])}{spread} (n={summary['n']})"
+
+
+def summarise_metrics(runs: Sequence[Run]) -> dict[str, dict[str, float | int | None]]:
+    """Mean and sample std (over runs) of each eval metric; std is None for fewer than two runs."""
+    summary = {}
+    for metric in METRICS:
+        values = [run.data.metrics[metric] for run in runs if _finite(run.data.metrics.get(metric))]
+        summary[metric] = {
+            "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "n": len(values),
+        }
+    return summary
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def common_ids(scores: Sequence[pd.Series], notes: list[str]) -> list[str]:
+    """Image ids scored in every run (sorted); a note when runs disagree, an error when none are shared."""
+    shared = set(scores[0].index)
+    union = set(scores[0].index)
+    for series in scores[1:]:
+        shared &= set(series.index)
+        union |= set(series.index)
+    if not shared:
+        raise SegpipeError(
+            "the runs share no validation image with a defined score: were they evaluated on the same split? "
+            "(compare runs with the same split params, or check --classes)"
+        )
+    if len(shared) < len(union):
+        notes.append(
+            f"{len(union) - len(shared)} of {len(union)} images are not scored in every run (different "
+            "validation splits, or classes absent from an image); only the shared ones are compared."
+        )
+    return sorted(shared)
+
+
+def _group(name: str, spec: str, runs: Sequence[Run]) -> GroupSummary:
+    listed = [{"run_id": r.info.run_id, "name": r.data.tags.get(EXP_NAME_TAG) or r.info.run_name or ""} for r in runs]
+    return GroupSummary(name=name, spec=spec, runs=listed, metrics=summarise_metrics(runs))
+
+
+def compare(
+    spec_a: str,
+    spec_b: str,
+    client: MlflowClient,
+    experiment: str,
+    *,
+    classes: Sequence[str] | None = None,
+    n_boot: int = 10000,
+    seed: int = 0,
+    name_a: str | None = None,
+    name_b: str | None = None,
+    artifact_path: str = PER_IMAGE_ARTIFACT,
+) -> ComparisonReport:
+    """Resolve both group specs in `experiment`, bootstrap B - A in per-image mIoU and summarise.
+
+    client: an MlflowClient on the tracking store (its URI is also used to download artifacts).
+    classes: restrict the per-image score to these classes. name_a/name_b: labels (default: specs).
+    """
+    exp_id = experiment_id(client, experiment)
+    runs_a, runs_b = resolve_runs(spec_a, client, exp_id), resolve_runs(spec_b, client, exp_id)
+    uri = client.tracking_uri
+    scores_a = [per_image_scores(run, uri, classes, artifact_path) for run in runs_a]
+    scores_b = [per_image_scores(run, uri, classes, artifact_path) for run in runs_b]
+    notes: list[str] = []
+    ids = common_ids(scores_a + scores_b, notes)
+    a, b = score_matrix(scores_a, ids), score_matrix(scores_b, ids)
+    result = paired_bootstrap(a, b, n_boot=n_boot, seed=seed)
+    name_a, name_b = name_a or spec_a, name_b or spec_b
+    for side, runs in (("A", runs_a), ("B", runs_b)):
+        if len(runs) == 1:
+            notes.append(
+                f"group {side} has a single run: differences between single runs include seed noise; "
+                "run several seeds (e.g. `dvc exp run -S base.seed=N`) and compare the lists."
+            )
+    return ComparisonReport(
+        a=_group(name_a, spec_a, runs_a),
+        b=_group(name_b, spec_b, runs_b),
+        result=result,
+        verdict=verdict(result, name_a, name_b),
+        n_images=len(ids),
+        classes=list(classes) if classes else None,
+        n_boot=n_boot,
+        seed=seed,
+        notes=notes,
+        ids=ids,
+        scores_a=a.mean(axis=0),
+        scores_b=b.mean(axis=0),
+    )
+
+
+def plot_comparison(report: ComparisonReport, path: Path) -> Path:
+    """Scatter of each image's score under A (x) and B (y), with the diagonal; points above it favour B."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6, 6))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    axis.scatter(report.scores_a, report.scores_b, s=12, alpha=0.6)
+    axis.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        aspect="equal",
+        xlabel=f"A: {report.a.name} (per-image IoU)",
+        ylabel=f"B: {report.b.name} (per-image IoU)",
+    )
+    axis.set_title(report.verdict, fontsize=9, wrap=True)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
