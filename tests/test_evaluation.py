@@ -17,7 +17,7 @@ from segpipe import inference
 from segpipe.dataset import Sample
 from segpipe.evaluation import EvalOutputs, absent_report, evaluate
 from segpipe.imageio import write_mask
-from segpipe.training.tracking import RUN_ID_FILE
+from segpipe.training.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE
 from tests.test_inference import tiny_checkpoint
 
 CLASSES = ["background", "lesion", "other"]
@@ -162,12 +162,15 @@ def test_metrics_are_logged_to_the_training_run(hand_case, tmp_path, monkeypatch
     assert logged["miou"] == pytest.approx(EXPECTED["miou"])
     assert logged["images"] == 2 and logged["val_miou"] == 0.5
     assert "iou_other" not in logged  # undefined values are not logged as numbers
+    artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "eval")}
+    assert PER_IMAGE_ARTIFACT in artifacts  # the fixed name `compare` reads
+    assert mlflow.MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
 
 
 def test_mlflow_failure_is_a_warning_and_the_files_are_still_written(hand_case, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'missing-folder' / 'mlflow.db'}")
     checkpoint, samples, out = hand_case
     (checkpoint.parent / RUN_ID_FILE).write_text("0123456789abcdef\n")
-    with pytest.warns(UserWarning, match="MLflow logging"):
+    with pytest.warns(UserWarning, match="MLflow reopen failed"):
         metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
     assert math.isclose(json.loads(out.metrics.read_text())["miou"], metrics["miou"])

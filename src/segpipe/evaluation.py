@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from segpipe.imageio import atomic_write_text, read_class_mask, read_image
 from segpipe.inference import Predictor, class_map
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
 from segpipe.prediction import colour_overlay
-from segpipe.training.tracking import RUN_ID_FILE, tracking_uri
+from segpipe.training.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE, Tracker
 
 import matplotlib.pyplot as plt  # noqa: E402  (after segpipe.plots chose the backend)
 
@@ -120,7 +119,7 @@ def evaluate(
     atomic_write_text(out.per_image, per_image_csv(results, classes))
     atomic_write_text(out.iou_plot, iou_plot_csv(scores, classes))
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, gallery_size)
-    log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, metrics, [out.metrics, *figures])
+    log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, metrics, out, figures)
     return metrics
 
 
@@ -292,27 +291,23 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def log_to_training_run(run_id_file: Path, metrics: dict, artifacts: Sequence[Path]) -> bool:
-    """Add the evaluation metrics and figures to the MLflow run that trained the checkpoint.
+def log_to_training_run(run_id_file: Path, metrics: dict, out: EvalOutputs, figures: Sequence[Path]) -> bool:
+    """Add the evaluation metrics, CSVs and figures to the MLflow run that trained the checkpoint.
 
     The run id comes from `run_id_file` (written by the train stage beside the checkpoint). A
-    missing file is skipped quietly; any MLflow failure is one warning, never an error, because
-    the metrics files are already written. Returns whether the run was updated.
+    missing file is skipped quietly; an MLflow failure is one warning, never an error, because the
+    metrics files are already written. The per-image CSV goes under a fixed name
+    (`PER_IMAGE_ARTIFACT`) so `compare` can find it. Returns whether the run was updated.
     """
     if not run_id_file.is_file():
         log.info("no %s beside the checkpoint: evaluation metrics not logged to MLflow", run_id_file.name)
         return False
-    run_id = run_id_file.read_text(encoding="utf-8").strip()
-    numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    try:
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri())
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_metrics(numbers)
-            for path in artifacts:
-                mlflow.log_artifact(str(path), artifact_path="eval")
-    except Exception as exc:  # MLflow raises many types; the stage's outputs are already safe
-        warnings.warn(f"MLflow logging to run {run_id} (from {run_id_file}) failed, metrics kept in files only: {exc}", stacklevel=2)
-        return False
-    return True
+    tracker = Tracker()
+    tracker.reopen(run_id_file.read_text(encoding="utf-8").strip())
+    tracker.log_metrics(metrics)
+    folder, per_image_name = PER_IMAGE_ARTIFACT.split("/")
+    tracker.log_artifact(out.per_image, folder, name=per_image_name)
+    for path in (out.metrics, out.per_class, *figures):
+        tracker.log_artifact(path, folder)
+    tracker.end()
+    return tracker.enabled

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import mlflow
@@ -110,7 +112,7 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/mlflow.db")
     samples = tiny_samples(tmp_path / "processed")
     outputs = outputs_in(tmp_path)
-    with pytest.warns(UserWarning, match="MLflow start failed, training goes on without tracking"):
+    with pytest.warns(UserWarning, match="MLflow start failed; going on without tracking"):
         metrics = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     assert metrics["epochs"] == 1
     assert outputs.metrics.exists() and (outputs.models_dir / "best.pt").exists()
@@ -149,3 +151,30 @@ def test_project_root_maps_a_dvc_experiment_copy_to_the_project(tmp_path: Path, 
 def test_project_root_is_dvc_root_outside_experiment_copies(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert tracking.project_root(Path("/")) == tmp_path.resolve()
+
+
+def _start_and_log(uri: str) -> str | None:
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    tracker = tracking.Tracker()
+    tracker.start("parallel", None, {"train": {"lr": 0.1}}, {})
+    for step in range(5):
+        tracker.log_metrics({"train_loss": 1.0 / (step + 1)}, step=step)
+    tracker.end()
+    return tracker.run_id if tracker.enabled else None
+
+
+def test_parallel_runs_on_a_fresh_sqlite_store_all_succeed(tmp_path: Path):
+    # Queued `dvc exp` workers start at once on a new mlflow.db; without the store lock MLflow's
+    # schema creation races ("table runs already exists") and runs are lost.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        run_ids = pool.map(_start_and_log, [uri] * 4)
+    assert None not in run_ids and len(set(run_ids)) == 4
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name("parallel")
+    assert len(mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
+
+
+def test_params_are_logged_in_the_spelling_of_params_yaml():
+    flat = tracking.flatten({"model": {"cbam": True, "backbone": "vgg16"}, "augment": {"blur_sigma": [0.3, 1.5]}})
+    assert flat == {"model.cbam": "true", "model.backbone": "vgg16", "augment.blur_sigma": "[0.3, 1.5]"}

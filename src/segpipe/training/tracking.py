@@ -8,19 +8,29 @@ the repo under `.dvc/tmp/exps/`, log to the same database as the workspace. Arti
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; use a tracking server for parallel runs
+    fcntl = None
+
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
+# Where the evaluate stage puts its per-image scores in the training run (read by `compare`).
+PER_IMAGE_ARTIFACT = "eval/per_image.csv"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -55,7 +65,8 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+            # JSON spelling (true, [0.3, 1.5]) so filters match what params.yaml and `-S` say.
+            flat[name] = value if isinstance(value, str) else json.dumps(value)
     return flat
 
 
@@ -80,23 +91,54 @@ def git_commit(root: Path) -> str | None:
         return None
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise writers of one SQLite store across processes.
+
+    Queued `dvc exp` runs with several workers write to the same mlflow.db at once; SQLite allows
+    one writer, and MLflow's first-use schema creation races outright ("table runs already
+    exists"). An exclusive lock on `mlflow.db.lock` around each call makes that safe. A tracking
+    server (MLFLOW_TRACKING_URI=http://...) needs no lock.
+    """
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    database = Path(uri[len("sqlite:///") :].split("?")[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class Tracker:
     """One MLflow run; every call is a no-op after the first failure (or when disabled)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.run_id: str | None = None
+        self.uri = tracking_uri()
         self._mlflow = None
 
     def _guard(self, what: str, call) -> Any:
         if not self.enabled:
             return None
         try:
-            return call()
-        except Exception as exc:  # MLflow failures must never stop training
-            warnings.warn(f"MLflow {what} failed, training goes on without tracking: {exc}", stacklevel=3)
+            with store_lock(self.uri):
+                return call()
+        except Exception as exc:  # MLflow failures must never stop the stage
+            warnings.warn(f"MLflow {what} failed; going on without tracking: {exc}", stacklevel=3)
             self.enabled = False
             return None
+
+    def _connect(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        self._mlflow = mlflow
+        return mlflow
 
     def start(
         self,
@@ -109,12 +151,11 @@ class Tracker:
         """Open a run (or reopen `run_id`, when resuming) and log the flattened params."""
 
         def start() -> None:
-            import mlflow
-
-            root = project_root()
-            mlflow.set_tracking_uri(tracking_uri(root))
+            mlflow = self._connect()
             if mlflow.get_experiment_by_name(experiment) is None:
-                mlflow.create_experiment(experiment, artifact_location=(root / "mlruns").as_uri())
+                # With the default SQLite store, artifacts go beside it; a server keeps its own.
+                local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
+                mlflow.create_experiment(experiment, artifact_location=local)
             mlflow.set_experiment(experiment)
             if run_id is not None:
                 run = mlflow.start_run(run_id=run_id)
@@ -122,17 +163,41 @@ class Tracker:
                 run = mlflow.start_run(run_name=run_name, tags=dict(tags))
                 for chunk in _chunks(list(flatten(params).items()), 100):  # MLflow caps params per call
                     mlflow.log_params(dict(chunk))
-            self._mlflow = mlflow
             self.run_id = run.info.run_id
 
         self._guard("start", start)
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and v == v}  # drop None/NaN
+    def reopen(self, run_id: str) -> None:
+        """Reopen a finished run to add to it (the evaluate stage adds its metrics to training's run)."""
+
+        def reopen() -> None:
+            self._connect().start_run(run_id=run_id)
+            self.run_id = run_id
+
+        self._guard("reopen", reopen)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the numeric values; None, NaN and non-numbers (lists of names) are left out."""
+        clean = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        }
         self._guard("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
 
-    def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self._guard("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path=folder))
+    def log_artifact(self, path: Path, folder: str | None = None, name: str | None = None) -> None:
+        """Log a file under `folder`, as `name` when given (a fixed name other tools can find)."""
+
+        def log() -> None:
+            if name is None or name == Path(path).name:
+                self._mlflow.log_artifact(str(path), artifact_path=folder)
+                return
+            with tempfile.TemporaryDirectory() as tmp:
+                renamed = Path(tmp) / name
+                shutil.copyfile(path, renamed)
+                self._mlflow.log_artifact(str(renamed), artifact_path=folder)
+
+        self._guard("log_artifact", log)
 
     def end(self, status: str = "FINISHED") -> None:
         self._guard("end", lambda: self._mlflow.end_run(status=status))
