@@ -20,5 +20,5 @@ def main(
     from segpipe.split import write_split
 
     config = load_params(params)
-    split = write_split(processed_dir, splits_dir, config.split, config.base.seed)
+    split = write_split(processed_dir, splits_dir, config.split, config.split.seed)
     typer.echo(f"split: {len(split.train)} train, {len(split.val)} val -> {splits_dir}")

@@ -74,9 +74,19 @@ def _draw_counts(size: int, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(float)
 
 
-def verdict(result: BootstrapResult, name_a: str, name_b: str) -> str:
+# A percentile interval from fewer images than this is too coarse to claim anything (with one
+# image it has zero width whatever the noise).
+MIN_IMAGES = 5
+
+
+def verdict(result: BootstrapResult, name_a: str, name_b: str, n_images: int = MIN_IMAGES) -> str:
     """The answer in words, in mIoU points (100 x the difference)."""
     diff, low, high = 100 * result.diff, 100 * result.low, 100 * result.high
+    if n_images < MIN_IMAGES:
+        return (
+            f"too few validation images ({n_images}, need {MIN_IMAGES}) to tell "
+            f"({name_b} − {name_a} = {diff:.1f} points); use more validation images or k-fold runs"
+        )
     if result.low > 0:
         return f"{name_b} better by {diff:.1f} mIoU points, 95% CI [{low:.1f}, {high:.1f}]"
     if result.high < 0:

@@ -409,7 +409,7 @@ def compare(
         a=_group(name_a, spec_a, runs_a),
         b=_group(name_b, spec_b, runs_b),
         result=result,
-        verdict=verdict(result, name_a, name_b),
+        verdict=verdict(result, name_a, name_b, n_images=len(ids)),
         n_images=len(ids),
         classes=list(classes) if classes else None,
         n_boot=n_boot,

@@ -49,6 +49,9 @@ class DataSection(Section):
 
 
 class SplitSection(Section):
+    # Its own seed, not base.seed: runs over several training seeds must share one validation set,
+    # or their per-image scores cannot be paired.
+    seed: int = 42
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     folds: int = Field(default=0, ge=0)  # 0: a plain hold-out split by val_fraction
     fold: int = Field(default=0, ge=0)
