@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -215,10 +214,9 @@ def empty_torch_home(tmp_path, monkeypatch) -> Path:
 
 
 def test_imagenet_not_cached_fails_fast_with_path_and_fix(empty_torch_home):
-    start = time.perf_counter()
+    # Fails before any download is tried: the fixture makes a download attempt an AssertionError.
     with pytest.raises(SegpipeError) as error:
         build_model("resnet50", 2, pretrained="imagenet")
-    assert time.perf_counter() - start < 5
     message = str(error.value)
     expected_path = empty_torch_home / "checkpoints" / "resnet50-11ad3fa6.pth"
     assert str(expected_path) in message
