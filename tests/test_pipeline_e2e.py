@@ -32,7 +32,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 def merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = merge(base[key], value) if isinstance(value, dict) else value
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 

@@ -304,7 +304,7 @@ def log_to_training_run(run_id_file: Path, metrics: dict, out: EvalOutputs, figu
         return False
     tracker = Tracker()
     tracker.reopen(run_id_file.read_text(encoding="utf-8").strip())
-    tracker.log_metrics(metrics)
+    tracker.log_metrics(metrics, undefined_as_nan=True)
     folder, per_image_name = PER_IMAGE_ARTIFACT.split("/")
     tracker.log_artifact(out.per_image, folder, name=per_image_name)
     for path in (out.metrics, out.per_class, *figures):

@@ -176,13 +176,20 @@ class Tracker:
 
         self._guard("reopen", reopen)
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log the numeric values; None, NaN and non-numbers (lists of names) are left out."""
-        clean = {
-            k: float(v)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-        }
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, undefined_as_nan: bool = False) -> None:
+        """Log the numeric values; non-numbers (lists of names) are left out.
+
+        Undefined values (None, NaN) are left out too, unless `undefined_as_nan`: then they are
+        logged as NaN so that every run has the same metric names (MLflow's compare view lines
+        runs up by name) while no undefined score pretends to be 0 or 1.
+        """
+        clean = {}
+        for key, value in metrics.items():
+            if value is None or (isinstance(value, float) and value != value):
+                if undefined_as_nan:
+                    clean[key] = float("nan")
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                clean[key] = float(value)
         self._guard("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
 
     def log_artifact(self, path: Path, folder: str | None = None, name: str | None = None) -> None:

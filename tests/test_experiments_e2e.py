@@ -1,0 +1,86 @@
+"""The README's baseline-vs-enhanced walk-through, on a tiny configuration in a temporary repo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.test_pipeline_e2e import TINY, make_project, merge, run
+
+# Enough validation images for compare to give a verdict (it needs 5).
+SETTINGS = merge(TINY, {"split": {"val_fraction": 0.3}})
+
+
+def experiments_in(show: list[dict]) -> dict[str, dict]:
+    """name -> data of every experiment in `dvc exp show --json`."""
+    found = {}
+    for baseline in show:
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                if rev.get("name"):
+                    found[rev["name"]] = rev["data"]
+    return found
+
+
+def wait_for_queue(project: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], project)
+        if "Queued" not in status and "Running" not in status:
+            assert "Failed" not in status, status
+            return
+        time.sleep(3)
+    pytest.fail(f"the queue did not finish in {timeout} s:\n{status}")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    root = make_project(tmp_path_factory.mktemp("exp") / "project", images=30, overrides=SETTINGS)
+    run(["dvc", "exp", "run", "-n", "baseline", "-S", "augment.enabled=false", "-S", "model.cbam=false"], root)
+    run(["dvc", "exp", "run", "-n", "enhanced", "-S", "augment.enabled=true", "-S", "model.cbam=true"], root)
+    return root
+
+
+def test_exp_show_holds_both_experiments_with_params_and_eval_metrics(project: Path):
+    found = experiments_in(json.loads(run(["dvc", "exp", "show", "--json"], project)))
+    assert {"baseline", "enhanced"} <= set(found)
+    for name, cbam in (("baseline", False), ("enhanced", True)):
+        params = found[name]["params"]["params.yaml"]["data"]
+        assert params["model"]["cbam"] is cbam and params["augment"]["enabled"] is cbam
+        assert 0 <= found[name]["metrics"]["metrics/eval.json"]["data"]["miou"] <= 1
+
+
+def test_both_runs_are_in_one_mlflow_experiment_under_their_dvc_names(project: Path):
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segpipe")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert {"baseline", "enhanced"} <= set(runs)
+    for name in ("baseline", "enhanced"):
+        assert runs[name].data.tags["dvc.exp_name"] == name
+        assert "miou" in runs[name].data.metrics and "val_miou" in runs[name].data.metrics
+    assert runs["enhanced"].data.params["model.cbam"] == "true"
+    assert set(runs["baseline"].data.metrics) == set(runs["enhanced"].data.metrics)
+
+
+def test_compare_prints_a_verdict(project: Path):
+    out = run([sys.executable, "-m", "pipeline", "compare", "baseline", "enhanced"], project)
+    verdict = out.splitlines()[2]
+    assert verdict.startswith("**") and (" better by " in verdict or "no detectable difference" in verdict)
+
+
+def test_queued_seeds_run_in_parallel_and_log_to_the_project_database(project: Path):
+    run(["dvc", "exp", "run", "--queue", "-S", "base.seed=1,2", "-S", "model.cbam=true"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    wait_for_queue(project)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("segpipe")
+    seeds = {r.data.params["base.seed"] for r in client.search_runs([experiment.experiment_id])}
+    assert {"1", "2"} <= seeds
+    # The queued runs ran in copies of the repo under .dvc/tmp/exps, yet logged here, finished.
+    out = run([sys.executable, "-m", "pipeline", "compare", "baseline", "filter:params.`base.seed` != '42'"], project)
+    assert "B: 2 run(s)" in out
