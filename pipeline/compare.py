@@ -9,7 +9,7 @@ from pipeline.common import ParamsOption, reports_errors
 
 SPEC_HELP = (
     "Runs: a DVC experiment name, an MLflow run id, a comma-separated list of those (e.g. one per seed), "
-    "or filter:<MLflow search filter>, e.g. \"filter:params.model.cbam = 'True'\"."
+    "or filter:<MLflow search filter>, e.g. \"filter:params.model.cbam = 'true'\"."
 )
 
 

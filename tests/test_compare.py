@@ -137,8 +137,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for cbam in (False, True):
         for seed in (1, 2, 3):
             name = f"{'cbam' if cbam else 'plain'}-s{seed}"
-            run = client.create_run(exp_id, run_name=name, tags={"dvc.exp_name": name, "group": str(cbam)})
-            client.log_param(run.info.run_id, "model.cbam", str(cbam))
+            run = client.create_run(exp_id, run_name=name, tags={"dvc.exp_name": name, "group": str(cbam).lower()})
+            client.log_param(run.info.run_id, "model.cbam", str(cbam).lower())
             client.log_param(run.info.run_id, "base.seed", str(seed))
             scores = lesion + 0.1 * cbam + rng.normal(0, 0.01, len(IDS))
             for metric in ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy"):
@@ -164,18 +164,18 @@ def test_groups_resolve_by_dvc_name_list_run_id_and_filter(store: dict):
     assert names(resolve_runs("plain-s1", client, exp_id)) == ["plain-s1"]
     assert names(resolve_runs("plain-s1, plain-s3,plain-s1", client, exp_id)) == ["plain-s1", "plain-s3"]
     assert names(resolve_runs(store["ids"]["cbam-s2"], client, exp_id)) == ["cbam-s2"]
-    assert sorted(names(resolve_runs("filter:params.model.cbam = 'True'", client, exp_id))) == [
+    assert sorted(names(resolve_runs("filter:params.model.cbam = 'true'", client, exp_id))) == [
         "cbam-s1", "cbam-s2", "cbam-s3",
     ]  # fmt: skip
-    assert len(resolve_runs("filter:tags.group = 'False'", client, exp_id)) == 3
+    assert len(resolve_runs("filter:tags.group = 'false'", client, exp_id)) == 3
 
 
 def test_a_spec_matching_nothing_lists_the_available_runs(store: dict):
     with pytest.raises(SegpipeError, match="no run named 'plian-s1'.*Available runs") as error:
         resolve_runs("plian-s1", store["client"], store["exp_id"])
     assert all(name in str(error.value) for name in ("plain-s1", "cbam-s3", "trained-only"))
-    with pytest.raises(SegpipeError, match="no finished run matches filter.*'True'/'False'.*Available"):
-        resolve_runs("filter:params.model.cbam = 'true'", store["client"], store["exp_id"])
+    with pytest.raises(SegpipeError, match="no finished run matches filter.*'true'/'false'.*Available"):
+        resolve_runs("filter:params.model.cbam = 'True'", store["client"], store["exp_id"])
     with pytest.raises(SegpipeError, match="still-running.*RUNNING, not FINISHED"):
         resolve_runs("still-running", store["client"], store["exp_id"])
     with pytest.raises(SegpipeError, match="experiment 'nope' not found.*cmp-test"):
@@ -204,7 +204,7 @@ def test_a_run_without_the_per_image_csv_is_an_error_that_says_to_run_evaluate(s
 
 def test_compare_finds_the_cbam_gain_over_seeds_and_summarises_the_metrics(store: dict):
     report = compare(
-        "plain-s1,plain-s2,plain-s3", "filter:params.model.cbam = 'True'", store["client"], EXPERIMENT,
+        "plain-s1,plain-s2,plain-s3", "filter:params.model.cbam = 'true'", store["client"], EXPERIMENT,
         classes=["lesion"], n_boot=2000, name_a="plain", name_b="cbam",
     )  # fmt: skip
     assert report.result.low < 0.1 < report.result.high

@@ -1,7 +1,7 @@
 """Compare two groups of training runs: is B better than A, beyond image and seed noise?
 
 A group is one or more finished MLflow runs, named by a DVC experiment name, a run id, a
-comma-separated list of either, or an MLflow search filter (`filter:params.model.cbam = 'True'`).
+comma-separated list of either, or an MLflow search filter (`filter:params.model.cbam = 'true'`).
 Each run's evaluate stage left a per-image CSV (`eval/per_image.csv`: id, iou_<class>...,
 dice_<class>..., blank where undefined), and the comparison rests on it:
 
@@ -92,18 +92,18 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str) -> lis
     except Exception as exc:  # MLflow reports a bad filter as MlflowException with its parser's message
         raise SegpipeError(
             f"MLflow could not search runs with filter {filter_string!r}: {exc} "
-            "(syntax: params.model.cbam = 'True', tags.`dvc.exp_name` = 'name', metrics.miou > 0.5)"
+            "(syntax: params.model.cbam = 'true', tags.`dvc.exp_name` = 'name', metrics.miou > 0.5)"
         ) from None
 
 
 def _search_filter(expression: str, client: MlflowClient, experiment_id: str) -> list[Run]:
     if not expression:
-        raise SegpipeError("empty filter: write e.g. filter:params.model.cbam = 'True'")
+        raise SegpipeError("empty filter: write e.g. filter:params.model.cbam = 'true'")
     runs = _search(client, experiment_id, f"{expression} and {_FINISHED}")
     if not runs:
         raise SegpipeError(
-            f"no finished run matches filter {expression!r}; params are logged as Python strings "
-            f"(booleans 'True'/'False'). {_available(client, experiment_id)}"
+            f"no finished run matches filter {expression!r}; params are logged as strings spelt as in "
+            f"params.yaml (booleans 'true'/'false'). {_available(client, experiment_id)}"
         )
     return runs
 
