@@ -64,10 +64,10 @@ def test_bad_input_exits_1_with_the_file_named_and_leaves_no_output(lesions: Pat
 
 def test_bad_params_file_exits_1_naming_the_key(tmp_path: Path):
     params = tmp_path / "params.yaml"
-    params.write_text("split:\n  val_fraction: 0.1\n  seed: 3\n")
+    params.write_text("split:\n  val_fraction: 0.1\n  sead: 3\n")
     result = invoke("split", tmp_path, tmp_path / "splits", "--params", params)
     assert result.exit_code == 1
-    assert "unknown key 'split.seed'" in result.output
+    assert "unknown key 'split.sead'" in result.output
 
 
 def test_missing_stage_input_exits_1(tmp_path: Path):
