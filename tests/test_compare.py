@@ -245,3 +245,10 @@ def test_cli_takes_the_experiment_from_params_and_reports_a_missing_evaluation_a
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert "evaluate stage" in result.output
+
+
+def test_bootstrap_rejects_scores_of_different_images_and_no_resamples():
+    with pytest.raises(SegpipeError, match="same images"):
+        paired_bootstrap(np.zeros((2, 5)), np.zeros((2, 4)))
+    with pytest.raises(SegpipeError, match="--n-boot must be at least 1"):
+        paired_bootstrap(np.zeros((1, 5)), np.zeros((1, 5)), n_boot=0)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segpipe.errors import SegpipeError
+
 _CHUNK = 1000  # bootstrap iterations per block: (chunk, images) arrays stay a few MB
 
 

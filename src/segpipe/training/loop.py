@@ -26,7 +26,7 @@ from segpipe.errors import SegpipeError
 from segpipe.losses import SegmentationLoss
 from segpipe.metrics import ConfusionMatrix, SegmentationScores
 from segpipe.models import UNet, build_model
-from segpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from segpipe.training.checkpoint import load_checkpoint
 from segpipe.training.runtime import Distributed, Precision
 
 log = logging.getLogger(__name__)

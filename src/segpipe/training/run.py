@@ -30,7 +30,6 @@ from segpipe.training.checkpoint import save_checkpoint
 from segpipe.training.loop import (
     HISTORY_FIELDS,
     EpochResult,
-    NonFiniteLoss,
     TrainState,
     build_state,
     checkpoint_dict,
