@@ -10,7 +10,6 @@ reported and skipped; the others are still predicted. Inputs are never overwritt
 from __future__ import annotations
 
 import glob
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IMAGE_SUFFIXES, list_images, mask_image, read_image, voc_palette
+from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, list_images, mask_image, read_image, voc_palette
 from segpipe.inference import Predictor, class_map
 
 OVERLAY_ALPHA = 0.5
@@ -194,13 +193,13 @@ def write_outputs(
 ) -> Path:
     """Write `<stem>.png` and, as asked, `<stem>_overlay.png` and `<stem>_probs.npy`; return the mask's path."""
     mask_path = stem.with_name(f"{stem.name}.png")
-    _replace_with(mask_path, lambda tmp: output_mask(labels, num_classes).save(tmp, format="PNG"))
+    atomic_write(mask_path, lambda tmp: output_mask(labels, num_classes).save(tmp, format="PNG"))
     if options.overlay:
         overlay = Image.fromarray(colour_overlay(image, labels, num_classes))
-        _replace_with(stem.with_name(f"{stem.name}_overlay.png"), lambda tmp: overlay.save(tmp, format="PNG"))
+        atomic_write(stem.with_name(f"{stem.name}_overlay.png"), lambda tmp: overlay.save(tmp, format="PNG"))
     if probs is not None:
         half = probs.to(torch.float16).numpy()
-        _replace_with(stem.with_name(f"{stem.name}_probs.npy"), lambda tmp: _save_npy(tmp, half))
+        atomic_write(stem.with_name(f"{stem.name}_probs.npy"), lambda tmp: _save_npy(tmp, half))
     return mask_path
 
 
@@ -226,13 +225,3 @@ def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alph
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, array)
-
-
-def _replace_with(path: Path, write) -> None:
-    """Write `path` through a temporary file beside it and a rename, so it is whole or absent."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

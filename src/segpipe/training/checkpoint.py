@@ -6,13 +6,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segpipe.errors import SegpipeError
+from segpipe.imageio import atomic_write
 from segpipe.models import UNet, build_model
 
 FORMAT_VERSION = 1
@@ -20,15 +20,7 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
     """Write a checkpoint through a temporary file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save({"format": FORMAT_VERSION, **checkpoint}, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or an interrupt must not leave the temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save({"format": FORMAT_VERSION, **checkpoint}, tmp))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,6 +8,7 @@ Outputs: `MODELS_DIR/best.pt` (best validation mIoU), `last.pt`, `epoch_NNN.pt` 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import time
@@ -190,14 +191,11 @@ def _end_epoch(
 
 def write_history(history: Sequence[dict], path: Path) -> None:
     """The per-epoch history as CSV (DVC plots); epochs without validation have empty val cells."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, text.getvalue())
 
 
 def train_stage(
