@@ -24,9 +24,8 @@ from segpipe import labelme, maskfolder
 from segpipe.config import DataSection
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, write_mask
-from segpipe.parallel import failures, map_files
+from segpipe.parallel import cap_lines, failures, map_files
 
-MAX_ERROR_LINES = 20
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -143,7 +142,7 @@ def _check_unique_ids(jobs: Sequence[Job]) -> None:
     if clashes:
         raise SegpipeError(
             "duplicate ids: outputs are named after the source file's stem, and these files share one; "
-            "rename or remove one of each:\n" + _cap(clashes)
+            "rename or remove one of each:\n" + cap_lines(clashes, indent="  ")
         )
 
 
@@ -207,11 +206,6 @@ def _copyable_suffix(source: bytes | Path) -> str | None:
         return {"JPEG": ".jpg", "PNG": ".png"}.get(image.format)
 
 
-def _cap(lines: list[str], limit: int = MAX_ERROR_LINES) -> str:
-    shown = lines[:limit] + ([f"  ... and {len(lines) - limit} more"] if len(lines) > limit else [])
-    return "\n".join(shown)
-
-
 def _raise_problems(
     problems: list[str],
     results: list[ItemResult],
@@ -222,7 +216,8 @@ def _raise_problems(
     """Raise one SegpipeError listing every bad file and every unknown mask value, if any."""
     sections = []
     if problems:
-        sections.append(f"{len(problems)} problem(s) in the input ({total} items):\n" + _cap([f"  {p}" for p in problems]))
+        listed = cap_lines([f"  {p}" for p in problems], indent="  ")
+        sections.append(f"{len(problems)} problem(s) in the input ({total} items):\n{listed}")
     if colors is not None and unknown_colors == "error":
         report = maskfolder.unknown_values_report([(r.mask, r.unknown) for r in results if r.unknown], colors)
         if report:

@@ -69,7 +69,13 @@ def raise_failures(outcomes: Sequence[R | SegpipeError]) -> list[R]:
     """The results, or one SegpipeError that lists every failed item (the messages name the files)."""
     errors = failures(outcomes)
     if errors:
-        shown = errors[:MAX_ERRORS_SHOWN]
-        more = [f"... and {len(errors) - len(shown)} more"] if len(errors) > len(shown) else []
-        raise SegpipeError(f"{len(errors)} of {len(outcomes)} files failed:\n" + "\n".join(shown + more))
+        raise SegpipeError(f"{len(errors)} of {len(outcomes)} files failed:\n" + cap_lines(errors))
     return list(outcomes)  # type: ignore[arg-type]
+
+
+def cap_lines(lines: Sequence[str], indent: str = "") -> str:
+    """The first MAX_ERRORS_SHOWN lines, then '... and N more': error lists stay readable."""
+    shown = list(lines[:MAX_ERRORS_SHOWN])
+    if len(lines) > MAX_ERRORS_SHOWN:
+        shown.append(f"{indent}... and {len(lines) - MAX_ERRORS_SHOWN} more")
+    return "\n".join(shown)
