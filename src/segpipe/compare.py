@@ -32,7 +32,7 @@ import pandas as pd
 
 from segpipe.bootstrap import BootstrapResult, paired_bootstrap, verdict
 from segpipe.errors import SegpipeError
-from segpipe.runs import EXP_NAME_TAG, experiment_id, resolve_runs
+from segpipe.runs import display_name, experiment_id, resolve_runs
 from segpipe.training.tracking import PER_IMAGE_ARTIFACT
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def _no_progress_bar() -> Iterator[None]:
 
 
 def _label(run: Run) -> str:
-    name = run.data.tags.get(EXP_NAME_TAG) or run.info.run_name
+    name = display_name(run)
     return f"{name} ({run.info.run_id})" if name else run.info.run_id
 
 
@@ -251,7 +251,7 @@ def common_ids(scores: Sequence[pd.Series], notes: list[str]) -> list[str]:
 
 
 def _group(name: str, spec: str, runs: Sequence[Run]) -> GroupSummary:
-    listed = [{"run_id": r.info.run_id, "name": r.data.tags.get(EXP_NAME_TAG) or r.info.run_name or ""} for r in runs]
+    listed = [{"run_id": r.info.run_id, "name": display_name(r) or ""} for r in runs]
     return GroupSummary(name=name, spec=spec, runs=listed, metrics=summarise_metrics(runs))
 
 

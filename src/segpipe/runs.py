@@ -23,6 +23,11 @@ _FINISHED = "attributes.status = 'FINISHED'"
 _MAX_RESULTS = 50000  # the SQL store's cap for one search page
 
 
+def display_name(run: Run) -> str | None:
+    """What a researcher calls a run: its DVC experiment name, else its MLflow run name."""
+    return run.data.tags.get(EXP_NAME_TAG) or run.info.run_name or None
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """The id of the MLflow experiment `name`; an unknown name lists the ones that exist."""
     experiment = client.get_experiment_by_name(name)
@@ -121,7 +126,7 @@ def _available(client: MlflowClient, experiment_id: str, limit: int = 30) -> str
     """'Available runs: ...' for error messages: DVC experiment names, else run names."""
     names: list[str] = []
     for run in _search(client, experiment_id, _FINISHED):
-        name = run.data.tags.get(EXP_NAME_TAG) or run.info.run_name or run.info.run_id
+        name = display_name(run) or run.info.run_id
         if name not in names:
             names.append(name)
     if not names:
