@@ -17,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the checkout's library
-from segpipe.augment import augment_dataset  # noqa: E402
+from segpipe.prep.augment import augment_dataset  # noqa: E402
 from segpipe.config import parse_params  # noqa: E402
-from segpipe.convert import convert_dataset  # noqa: E402
-from segpipe.sample import make_lesions  # noqa: E402
-from segpipe.split import write_split  # noqa: E402
+from segpipe.prep.convert import convert_dataset  # noqa: E402
+from segpipe.prep.synthetic import make_lesions  # noqa: E402
+from segpipe.prep.split import write_split  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -23,9 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from segpipe.inference import Predictor  # noqa: E402
+from segpipe.config import ModelSection  # noqa: E402
+from segpipe.inference.predictor import Predictor  # noqa: E402
+from segpipe.inference.tiling import Tiling, predict_tiled  # noqa: E402
 from segpipe.models import build_model  # noqa: E402
-from segpipe.training.runtime import resolve_device  # noqa: E402
+from segpipe.runtime import resolve_device  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +48,7 @@ def parse_args() -> argparse.Namespace:
 def make_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
     if args.checkpoint:
         return Predictor(args.checkpoint, device)
-    model = build_model(args.backbone, 2, base_channels=args.base_channels)
+    model = build_model(ModelSection(backbone=args.backbone, base_channels=args.base_channels), 2)
     return Predictor.from_model(model, ["background", "foreground"], args.image_size, device)
 
 
@@ -63,12 +65,12 @@ def synchronize(device: torch.device) -> None:
 
 def bench_tiled(predictor: Predictor, args: argparse.Namespace, device: torch.device) -> None:
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)
-    predictor.predict_tiled_labels(image[: args.tile, : args.tile], args.tile)  # warm-up
+    predict_tiled(predictor.predict_batch, image[: args.tile, : args.tile], Tiling(args.tile))  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = peak_rss_mib()
     start = time.perf_counter()
-    labels = predictor.predict_tiled_labels(image, args.tile, args.overlap, batch_size=args.batch_size)
+    labels, _ = predict_tiled(predictor.predict_batch, image, Tiling(args.tile, args.overlap, batch_size=args.batch_size))
     synchronize(device)
     seconds = time.perf_counter() - start
     stride = max(1, round(args.tile * (1 - args.overlap)))

@@ -20,10 +20,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # the checkout's library
+from segpipe.config import ModelSection  # noqa: E402
 from segpipe.config import parse_params  # noqa: E402
 from segpipe.models import BACKBONES, build_model  # noqa: E402
-from segpipe.training.loop import make_loss, make_optimizer  # noqa: E402
-from segpipe.training.runtime import Precision, resolve_device  # noqa: E402
+from segpipe.training.losses import make_loss  # noqa: E402
+from segpipe.training.optim import make_optimizer  # noqa: E402
+from segpipe.runtime import Precision, resolve_device  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,11 @@ def bench_one(
     backbone: str, cbam: bool, size: int, args: argparse.Namespace, device: torch.device, precision: Precision
 ) -> Result:
     params = parse_params({"model": {"backbone": backbone, "cbam": cbam}})
-    model = build_model(backbone, 2, cbam=cbam, base_channels=args.base_channels).to(device).train()
+    model = build_model(ModelSection(backbone=backbone, cbam=cbam, base_channels=args.base_channels), 2).to(device).train()
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, params.train)
-    loss_fn = make_loss(params).to(device)
+    loss_fn = make_loss(params.train).to(device)
     generator = torch.Generator(device="cpu").manual_seed(0)
     images = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device, memory_format=memory_format)
     masks = torch.randint(0, 2, (args.batch_size, size, size), generator=generator).to(device)

@@ -18,7 +18,7 @@ def main(
 ) -> None:
     """Write augment.copies augmented copies of every training image (none when augment.enabled is false)."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
-    from segpipe.augment import augment_dataset
+    from segpipe.prep.augment import augment_dataset
     from segpipe.config import load_params
 
     config = load_params(params)

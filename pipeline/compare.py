@@ -41,9 +41,9 @@ def main(
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip MLflow.
     from mlflow.tracking import MlflowClient
 
-    from segpipe.compare import compare, plot_comparison
+    from segpipe.experiments.compare import compare, plot_comparison
     from segpipe.config import load_params
-    from segpipe.training.tracking import tracking_uri as default_tracking_uri
+    from segpipe.tracking import tracking_uri as default_tracking_uri
 
     experiment = experiment or load_params(params).base.experiment
     client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())

@@ -19,7 +19,7 @@ def main(
     """Convert annotations (data.format: labelme or masks) into one-byte class-id masks."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
-    from segpipe.convert import convert_dataset
+    from segpipe.prep.convert import convert_dataset
 
     config = load_params(params)
     summary = convert_dataset(

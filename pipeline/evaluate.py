@@ -24,21 +24,12 @@ def main(
     """Score the checkpoint at each validation image's own resolution, with the settings in evaluate.*."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
-    from segpipe.dataset import validation_samples
-    from segpipe.evaluation import EvalOutputs, absent_report, evaluate
-    from segpipe.training.runtime import resolve_device
+    from segpipe.layout import validation_samples
+    from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
 
     config = load_params(params).evaluate
     outputs = EvalOutputs(metrics=metrics, per_class=per_class, per_image=per_image, iou_plot=iou_plot, plots_dir=plots_dir)
-    result = evaluate(
-        checkpoint,
-        validation_samples(processed_dir, splits_dir),
-        outputs,
-        device=resolve_device(config.device),
-        batch_size=config.batch_size,
-        gallery_size=config.gallery_size,
-        progress=not quiet,
-    )
+    result = evaluate(checkpoint, validation_samples(processed_dir, splits_dir), outputs, config, progress=not quiet)
     miou = "n/a" if result["miou"] is None else f"{result['miou']:.4f}"
     typer.echo(f"evaluate: mIoU {miou} over {result['images']} images -> {metrics}")
     typer.echo(f"evaluate: {absent_report(result)}")

@@ -24,13 +24,11 @@ def main(
 ) -> None:
     """Write a mask per input image at its exact size: 0/255 for 2 classes, a palette PNG of class ids for more."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
-    from segpipe.prediction import predict_paths
-    from segpipe.training.runtime import resolve_device
+    from segpipe.inference.prediction import PredictOptions, predict_paths
+    from segpipe.runtime import resolve_device
 
-    report = predict_paths(
-        checkpoint, inputs, out, overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta,
-        batch_size=batch_size, device=resolve_device(device), progress=not quiet,
-    )
+    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size)
+    report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device), progress=not quiet)
     for message in report.failed:
         typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"predict: {len(report.written)} masks -> {out}" + (f", {len(report.failed)} failed" if report.failed else ""))

@@ -24,7 +24,7 @@ def main(
 ) -> None:
     """Write a synthetic dataset: dermoscopy-like lesions (labelme) or aerial tiles (colour masks)."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
-    from segpipe.sample import make_aerial, make_lesions
+    from segpipe.prep.synthetic import make_aerial, make_lesions
 
     make = make_lesions if kind is Kind.lesions else make_aerial
     paths = make(out_dir, count=count, size=size, seed=seed)

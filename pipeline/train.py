@@ -23,8 +23,8 @@ def main(
     """Train the model in model.* with the settings in train.*, tracked in MLflow."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
-    from segpipe.dataset import training_samples, validation_samples
-    from segpipe.training.run import TrainOutputs, train_stage
+    from segpipe.layout import training_samples, validation_samples
+    from segpipe.training.stage import TrainOutputs, train_stage
 
     config = load_params(params)
     outputs = TrainOutputs(models_dir=models_dir, metrics=metrics, history=history, plots_dir=plots_dir)

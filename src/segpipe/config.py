@@ -148,11 +148,9 @@ class Params(Section):
     data: DataSection = DataSection()
     split: SplitSection = SplitSection()
     augment: AugmentSection = AugmentSection()
-    # Sections of later stages are accepted as they are until their stage defines them.
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
-    predict: dict = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _mask_colors_name_classes(self) -> Params:

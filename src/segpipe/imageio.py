@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from segpipe.errors import SegpipeError
+from segpipe.palette import mask_image
 
 IGNORE_INDEX = 255
 """Mask value of pixels left out of the loss and the metrics (letterbox padding, unlabelled areas)."""
@@ -71,39 +72,6 @@ def read_class_mask(path: Path) -> np.ndarray:
     if image.mode not in ("L", "P"):
         raise SegpipeError(f"{path}: expected a class-id mask (mode L or P), got mode {image.mode}")
     return np.asarray(image)
-
-
-def find_image(folder: Path, image_id: str) -> Path:
-    """The image file of `image_id` in a converted dataset's images folder, whatever its suffix."""
-    for suffix in IMAGE_SUFFIXES:
-        path = Path(folder) / f"{image_id}{suffix}"
-        if path.exists():
-            return path
-    raise SegpipeError(f"{folder}: no image for id {image_id!r} (looked for {image_id}.jpg/.png/...)")
-
-
-def voc_palette(n: int = 256) -> list[int]:
-    """The Pascal VOC colour map: class 0 black, 1 dark red, 2 dark green, ...; 255 shows as white-ish."""
-    palette = []
-    for label in range(n):
-        r = g = b = 0
-        c = label
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-def mask_image(mask: np.ndarray) -> Image.Image:
-    """A class-id mask as a palette PNG image: one byte per pixel, VOC colours in a viewer."""
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise ValueError(f"a mask must be a 2-D uint8 array, got {mask.dtype} {mask.shape}")
-    image = Image.fromarray(mask, mode="L").convert("P")
-    image.putpalette(voc_palette())
-    return image
 
 
 def write_mask(path: Path, mask: np.ndarray) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
+from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
 from segpipe.models.cbam import check_cbam_args, make_attention
 from segpipe.models.encoders import Encoder, PlainEncoder, ResNet50Encoder, VGG16Encoder
@@ -67,29 +68,17 @@ class LoadReport:
     loaded_encoder: int = 0  # how many of `loaded` went into the encoder
 
 
-def build_model(
-    backbone: str,
-    num_classes: int,
-    *,
-    cbam: bool = False,
-    cbam_reduction: int = 16,
-    cbam_kernel: int = 7,
-    base_channels: int = 32,
-    pretrained: str = "none",
-) -> UNet:
-    """Build a U-Net.
+def build_model(config: ModelSection, num_classes: int) -> UNet:
+    """Build the U-Net that `config` (params.yaml's `model` section) describes.
 
     Args:
-        backbone: one of ``BACKBONES``.
-        num_classes: output channels (background included).
-        cbam: put a CBAM on every skip connection and on the bottleneck.
-        cbam_reduction: channel-attention MLP reduction ratio.
-        cbam_kernel: spatial-attention kernel size (odd).
-        base_channels: width of the first `plain` stage (ignored by the other backbones).
-        pretrained: "none", "imagenet" (torchvision's file, which must already be in torch hub's
-            cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
+        config: backbone (one of ``BACKBONES``), CBAM settings, the `plain` width and
+            `pretrained`: "none", "imagenet" (torchvision's file, which must already be in torch
+            hub's cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
             checkpoint. The result of loading is logged and kept in ``model.load_report``.
+        num_classes: output channels (background included).
     """
+    backbone, base_channels = config.backbone, config.base_channels
     builder = _BUILDERS.get(backbone)
     if builder is None:
         raise SegpipeError(
@@ -99,23 +88,19 @@ def build_model(
         raise SegpipeError(f"num_classes must be at least 1, got {num_classes}")
     if base_channels < 1:
         raise SegpipeError(f"model.base_channels must be at least 1, got {base_channels}")
-    check_cbam_args(reduction=cbam_reduction, kernel_size=cbam_kernel)
+    check_cbam_args(reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
 
     encoder, decoder_channels = builder(base_channels)
     attentions = [
-        make_attention(c, enabled=cbam, reduction=cbam_reduction, kernel_size=cbam_kernel)
+        make_attention(c, enabled=config.cbam, reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
         for c in encoder.out_channels
     ]
     decoder = UNetDecoder(encoder.out_channels, encoder.strides, decoder_channels)
-    model_args = dict(
-        backbone=backbone, num_classes=num_classes, cbam=cbam, cbam_reduction=cbam_reduction,
-        cbam_kernel=cbam_kernel, base_channels=base_channels, pretrained=pretrained,
-    )
     model = UNet(
         encoder=encoder, attentions=attentions, decoder=decoder,
-        num_classes=num_classes, model_args=model_args,
+        num_classes=num_classes, config=config,
     )
-    model.load_report = load_pretrained(model, backbone, pretrained)
+    model.load_report = load_pretrained(model, backbone, config.pretrained)
     return model
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
 from segpipe.models.encoders import DoubleConv, Encoder
 
@@ -95,7 +96,7 @@ class UNet(nn.Module):
             last, on the bottleneck.
         decoder: turns the features into a full-resolution map.
         num_classes: output channels of the 1x1 head.
-        model_args: the keyword arguments of ``build_model`` that made this model.
+        config: the `model` section of params that made this model (`build_model`'s input).
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class UNet(nn.Module):
         attentions: Sequence[nn.Module],
         decoder: UNetDecoder,
         num_classes: int,
-        model_args: dict[str, Any],
+        config: ModelSection,
     ) -> None:
         super().__init__()
         if len(attentions) != len(encoder.out_channels):
@@ -114,7 +115,8 @@ class UNet(nn.Module):
         self.attentions = nn.ModuleList(attentions)
         self.decoder = decoder
         self.head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
-        self._model_args = dict(model_args)
+        self.config = config
+        self.num_classes = num_classes
         self._encoder_frozen = False
 
     @property
@@ -138,7 +140,7 @@ class UNet(nn.Module):
             valid = (math.ceil(height / m) * m, math.ceil(width / m) * m)
             raise SegpipeError(
                 f"input size {height}x{width} (HxW) is not a multiple of {m}, which the "
-                f"{self._model_args.get('backbone', '?')} U-Net needs (its total stride); "
+                f"{self.config.backbone} U-Net needs (its total stride); "
                 f"letterbox (pad) or resize the images to a valid size, e.g. the next one up, "
                 f"{valid[0]}x{valid[1]}."
             )
@@ -162,9 +164,9 @@ class UNet(nn.Module):
         return self
 
     def model_args(self) -> dict[str, Any]:
-        """Keyword arguments of ``build_model`` that rebuild this architecture.
+        """What rebuilds this architecture: `num_classes` and the model section's keys.
 
         ``pretrained`` is always "none": a checkpoint restores the weights itself, and rebuilding
         from it must not need the ImageNet file or the original weights path.
         """
-        return {**self._model_args, "pretrained": "none"}
+        return {"num_classes": self.num_classes, **self.config.model_dump(mode="json"), "pretrained": "none"}

@@ -1,4 +1,5 @@
-"""The training loop: build, then per epoch `train_one_epoch`, `validate`, `save_checkpoints`.
+"""The training loop: `fit` builds the model, then per epoch `train_one_epoch`, `validate` and
+`end_epoch` (history, checkpoints, MLflow).
 
 Two phases as in the paper: the first `train.freeze_epochs` epochs train the decoder on a frozen
 encoder (no gradients, normalisation statistics fixed), then everything trains; each phase has
@@ -10,47 +11,33 @@ that was never interrupted.
 from __future__ import annotations
 
 import logging
-import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from segpipe.config import Params, TrainSection
+from segpipe import tracking
+from segpipe.config import Params
+from segpipe.data.dataset import SegmentationDataset
 from segpipe.errors import SegpipeError
-from segpipe.losses import SegmentationLoss
+from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores
 from segpipe.models import UNet, build_model
-from segpipe.training.checkpoint import load_checkpoint
-from segpipe.training.runtime import Distributed, Precision
+from segpipe.models.checkpoint import checkpoint_contents, load_checkpoint, save_checkpoint
+from segpipe.runtime import Distributed, Runtime, seed_everything, worker_init
+from segpipe.training.losses import make_loss
+from segpipe.training.optim import LrSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "lr")
-
-
-class LrSchedule:
-    """LR factor per epoch: linear warm-up then cosine to `min_lr_ratio`, or step decay, or constant."""
-
-    def __init__(self, config: TrainSection) -> None:
-        self.config = config
-
-    def __call__(self, epoch: int) -> float:
-        c = self.config
-        if c.scheduler == "step":
-            return c.step_gamma ** (epoch // c.step_size)
-        if c.scheduler == "none":
-            return 1.0
-        if epoch < c.warmup_epochs:
-            return (epoch + 1) / (c.warmup_epochs + 1)
-        span = max(c.epochs - c.warmup_epochs, 1)
-        progress = (epoch - c.warmup_epochs) / span
-        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -81,49 +68,109 @@ class NonFiniteLoss(SegpipeError):
     pass
 
 
-def make_optimizer(model: nn.Module, config: TrainSection) -> torch.optim.Optimizer:
-    # Every parameter is registered from the start (frozen ones simply get no gradient), so the
-    # optimizer state has one layout across the unfreeze and across resumes.
-    params = list(model.parameters())
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+EpochCallback = Callable[[TrainState], None]
 
 
-def make_loss(params: Params) -> SegmentationLoss:
-    t = params.train
-    return SegmentationLoss(
-        ce=t.loss.ce,
-        focal=t.loss.focal,
-        dice=t.loss.dice,
-        focal_alpha=t.focal_alpha,
-        focal_gamma=t.focal_gamma,
-        class_weights=t.class_weights or None,
+def fit(
+    params: Params,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    models_dir: Path,
+    *,
+    runtime: Runtime | None = None,
+    progress: bool = True,
+    tracker: tracking.Tracker | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> TrainState:
+    """Train per `params` and keep checkpoints in models_dir; returns the final state.
+
+    Args:
+        train_samples, val_samples: what to train on and validate with.
+        models_dir: where best.pt, last.pt and periodic checkpoints are written.
+        runtime: device, precision and process group (resolved from train.device when None).
+        progress: show progress bars (else one log line per epoch).
+        tracker: an MLflow tracker that has been started (or None).
+        on_epoch_end: called after each epoch's checkpoints are written.
+    """
+    if not train_samples or not val_samples:
+        raise SegpipeError("training needs at least one training and one validation image; check the split lists")
+    cfg, models_dir = params.train, Path(models_dir)
+    runtime = runtime or Runtime.resolve(cfg.device)
+    seed_everything(params.base.seed)
+    state = build_state(params, runtime)
+    start_or_resume(state, params, models_dir, runtime)
+    loss_fn = make_loss(cfg).to(runtime.device)
+    train_set = SegmentationDataset(train_samples, cfg.image_size, online_augment=cfg.online_augment, seed=params.base.seed)
+    val_set = SegmentationDataset(val_samples, cfg.image_size)
+    val_loader = make_loader(val_set, runtime.dist.rank_indices(len(val_set)), cfg.batch_size, cfg.workers, runtime.device)
+    log.info(
+        "training %s%s on %s (%s), %d train / %d val images at %d px",
+        params.model.backbone, " + CBAM" if params.model.cbam else "", runtime.device, runtime.precision.name,
+        len(train_set), len(val_set), cfg.image_size,
+    )
+    nets = PhaseNets(state.model, runtime.dist)
+    for epoch in range(state.epoch, cfg.epochs):
+        frozen = epoch < cfg.freeze_epochs
+        seed_everything(params.base.seed * 100_003 + epoch)
+        train_set.set_epoch(epoch)
+        order = runtime.dist.shard(epoch_order(len(train_set), params.base.seed, epoch))
+        loader = make_loader(train_set, order, cfg.freeze_batch_size if frozen else cfg.batch_size, cfg.workers, runtime.device)
+        lr = state.optimizer.param_groups[0]["lr"]
+        with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{cfg.epochs} {'frozen' if frozen else 'train'}",
+                  disable=not (progress and runtime.dist.is_main), unit="img", leave=False) as bar:
+            train_loss = train_one_epoch(state, nets.for_phase(frozen), loader, loss_fn, runtime, cfg.grad_clip, bar)
+        state.scheduler.step()
+        state.epoch = epoch + 1
+        val_loss = val_miou = None
+        if state.epoch % cfg.eval_period == 0 or state.epoch == cfg.epochs:
+            val_loss, val_miou = validate(state.model, val_loader, loss_fn, len(params.base.classes), runtime)
+        end_epoch(state, EpochResult(state.epoch, train_loss, val_loss, val_miou, lr), params, models_dir, runtime.dist, tracker)
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    return state
+
+
+class PhaseNets:
+    """The network the optimiser steps through, per phase: DDP records which parameters need
+    gradients when it is built, so it is rebuilt when the encoder is frozen or unfrozen."""
+
+    def __init__(self, model: UNet, dist: Distributed) -> None:
+        self.model, self.dist = model, dist
+        self._net: nn.Module | None = None
+        self._frozen: bool | None = None
+
+    def for_phase(self, frozen: bool) -> nn.Module:
+        self.model.freeze_encoder(frozen)
+        if self._net is None or self._frozen != frozen:
+            self._net = DistributedDataParallel(self.model) if self.dist.enabled else self.model
+            self._frozen = frozen
+        return self._net
+
+
+def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(
+        Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        shuffle=False,  # the order is fixed by epoch_order, so a resumed run sees the same batches
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
 
 
-def build_state(params: Params, device: torch.device, precision: Precision) -> TrainState:
-    m = params.model
-    model = build_model(
-        m.backbone,
-        len(params.base.classes),
-        cbam=m.cbam,
-        cbam_reduction=m.cbam_reduction,
-        cbam_kernel=m.cbam_kernel,
-        base_channels=m.base_channels,
-        pretrained=m.pretrained,
-    )
+def build_state(params: Params, runtime: Runtime) -> TrainState:
+    """The model (checked against train.image_size), optimizer, LR schedule and gradient scaler."""
+    model = build_model(params.model, len(params.base.classes))
     multiple = model.required_multiple
     if params.train.image_size % multiple:
         nearest = max(1, round(params.train.image_size / multiple)) * multiple
         raise SegpipeError(
             f"train.image_size {params.train.image_size} must be a multiple of {multiple} "
-            f"for model.backbone {m.backbone}; try {nearest}"
+            f"for model.backbone {params.model.backbone}; try {nearest}"
         )
-    model.to(device)
-    if device.type == "cuda":
+    model.to(runtime.device)
+    if runtime.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, params.train)
     # LambdaLR saves the __dict__ of a callable object (here a TrainSection) into its state_dict,
@@ -131,17 +178,33 @@ def build_state(params: Params, device: torch.device, precision: Precision) -> T
     # takes its schedule from the current params.
     schedule = LrSchedule(params.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision.use_scaler)
     return TrainState(model, optimizer, scheduler, scaler)
 
 
-def checkpoint_dict(state: TrainState, params: Params) -> dict[str, Any]:
+def start_or_resume(state: TrainState, params: Params, models_dir: Path, runtime: Runtime) -> None:
+    """Continue from models_dir/last.pt when train.resume is set and it exists; else start afresh
+    without old checkpoints (DVC keeps the folder between runs for resume)."""
+    last = models_dir / "last.pt"
+    if params.train.resume and last.exists():
+        try:
+            restore_state(state, last, runtime.device)
+        except RuntimeError as exc:
+            raise SegpipeError(f"{last}: cannot resume, it was trained with other model settings ({exc})") from None
+        log.info("resuming from %s after epoch %d", last, state.epoch)
+        return
+    if not runtime.dist.is_main:
+        return
+    if params.train.resume:
+        log.warning("train.resume is true but %s does not exist; starting from scratch", last)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for path in models_dir.glob("*.pt"):  # the MLflow run id file is train_stage's, kept
+        path.unlink()
+
+
+def training_contents(state: TrainState) -> dict[str, Any]:
+    """What a resume needs besides the weights."""
     return {
-        "model": state.model.state_dict(),
-        "model_args": state.model.model_args(),
-        "classes": list(params.base.classes),
-        "image_size": params.train.image_size,
-        "params": params.model_dump(mode="json"),
         "epoch": state.epoch,
         "best_miou": state.best_miou,
         "best_epoch": state.best_epoch,
@@ -167,6 +230,34 @@ def restore_state(state: TrainState, path: Path, device: torch.device) -> None:
     state.history = list(checkpoint["history"])
 
 
+def end_epoch(
+    state: TrainState,
+    result: EpochResult,
+    params: Params,
+    models_dir: Path,
+    dist: Distributed,
+    tracker: tracking.Tracker | None,
+) -> None:
+    """Record the epoch, then save last / best / periodic checkpoints and log (rank 0 only)."""
+    state.history.append(result.as_row())
+    improved = result.val_miou is not None and result.val_miou > state.best_miou
+    if improved:
+        state.best_miou, state.best_epoch = result.val_miou, result.epoch
+    miou = "-" if result.val_miou is None else f"{result.val_miou:.4f}"
+    log.info("epoch %d: train_loss %.4f  val_miou %s  lr %.2e", result.epoch, result.train_loss, miou, result.lr)
+    if not dist.is_main:
+        return
+    checkpoint = checkpoint_contents(state.model, params, training_contents(state))
+    save_checkpoint(models_dir / "last.pt", checkpoint)
+    if improved:
+        save_checkpoint(models_dir / "best.pt", checkpoint)
+    period = params.train.save_period
+    if period and result.epoch % period == 0:
+        save_checkpoint(models_dir / f"epoch_{result.epoch:03d}.pt", checkpoint)
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in result.as_row().items() if k != "epoch"}, step=result.epoch)
+
+
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
     """The sample order of one epoch, fixed by (seed, epoch) alone."""
     return random.Random(f"{seed}:{epoch}").sample(range(count), count)
@@ -177,14 +268,12 @@ def train_one_epoch(
     net: nn.Module,
     loader: DataLoader,
     loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    precision: Precision,
+    runtime: Runtime,
     grad_clip: float,
-    dist: Distributed,
     bar: tqdm,
 ) -> float:
     """One pass over the loader; returns the mean training loss over all ranks."""
+    device, precision, dist = runtime.device, runtime.precision, runtime.dist
     state.model.train()
     total = torch.zeros(2, dtype=torch.float64)  # (sum of loss * batch, samples)
     for step, (images, masks) in enumerate(loader):
@@ -219,13 +308,11 @@ def validate(
     loader: DataLoader,
     loss_fn: nn.Module,
     num_classes: int,
-    *,
-    device: torch.device,
-    precision: Precision,
-    dist: Distributed,
+    runtime: Runtime,
 ) -> tuple[float, float]:
     """Validation loss and mIoU on the letterboxed canvas (padding ignored), with the metric code
     that the evaluate stage uses; confusion matrices are summed over ranks."""
+    device, precision, dist = runtime.device, runtime.precision, runtime.dist
     model.eval()
     matrix = ConfusionMatrix(num_classes)
     total = torch.zeros(2, dtype=torch.float64)

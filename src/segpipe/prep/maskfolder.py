@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX, IMAGE_SUFFIXES, list_images, read_image, read_mask
+from segpipe.layout import IMAGES, MASKS
 
 MASK_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")  # tried in this order
 JPEG_TOLERANCE = 40
@@ -90,7 +91,7 @@ def find_pairs(input_dir: Path, mask_suffix: str) -> tuple[list[tuple[Path, Path
     Returns the (image, mask) pairs and one problem line per image without a mask and per mask
     without an image, so the caller can report them together with every other problem.
     """
-    images_dir, masks_dir = Path(input_dir) / "images", Path(input_dir) / "masks"
+    images_dir, masks_dir = Path(input_dir) / IMAGES, Path(input_dir) / MASKS
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise SegpipeError(

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from segpipe.bootstrap import BootstrapResult, paired_bootstrap, verdict
+from segpipe.experiments.bootstrap import BootstrapResult, paired_bootstrap, verdict
 from segpipe.errors import SegpipeError
-from segpipe.runs import display_name, experiment_id, resolve_runs
-from segpipe.training.tracking import PER_IMAGE_ARTIFACT
+from segpipe.experiments.runs import display_name, experiment_id, resolve_runs
+from segpipe.tracking import PER_IMAGE_ARTIFACT
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -307,10 +307,7 @@ def compare(
 
 def plot_comparison(report: ComparisonReport, path: Path) -> Path:
     """Scatter of each image's score under A (x) and B (y), with the diagonal; points above it favour B."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display is needed or wanted
-    import matplotlib.pyplot as plt
+    from segpipe.figures import plt, save_figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +323,4 @@ def plot_comparison(report: ComparisonReport, path: Path) -> Path:
     )
     axis.set_title(report.verdict, fontsize=9, wrap=True)
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

@@ -17,6 +17,7 @@ import pandas as pd
 from segpipe.config import SplitSection
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_dir
+from segpipe.layout import MANIFEST, TRAIN_LIST, VAL_LIST, write_list
 
 
 @dataclass(frozen=True)
@@ -66,18 +67,11 @@ def read_ids(manifest: Path) -> list[str]:
     return ids
 
 
-def read_list(path: Path) -> list[str]:
-    """Read a split list (one id per line, as Pascal VOC ImageSets)."""
-    try:
-        return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        raise SegpipeError(f"{path}: split list not found; run the split stage first") from None
-
 
 def write_split(processed_dir: Path, splits_dir: Path, config: SplitSection, seed: int) -> Split:
     """Split the ids of a converted dataset and write `train.txt` and `val.txt` into splits_dir."""
-    split = split_ids(read_ids(Path(processed_dir) / "manifest.csv"), config, seed)
+    split = split_ids(read_ids(Path(processed_dir) / MANIFEST), config, seed)
     with atomic_dir(Path(splits_dir)) as tmp:
-        (tmp / "train.txt").write_text("".join(f"{i}\n" for i in split.train))
-        (tmp / "val.txt").write_text("".join(f"{i}\n" for i in split.val))
+        write_list(tmp / TRAIN_LIST, split.train)
+        write_list(tmp / VAL_LIST, split.val)
     return split

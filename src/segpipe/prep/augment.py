@@ -20,9 +20,10 @@ import numpy as np
 from PIL import Image
 
 from segpipe.config import AugmentSection
-from segpipe.imageio import IGNORE_INDEX, atomic_dir, find_image, read_image, read_class_mask, write_mask
-from segpipe.parallel import map_files, raise_failures
-from segpipe.split import id_position, read_list
+from segpipe.imageio import IGNORE_INDEX, atomic_dir, read_class_mask, read_image, write_mask
+from segpipe.layout import IMAGES, MASKS, TRAIN_LIST, find_image, mask_path, read_list
+from segpipe.prep.parallel import map_files, raise_failures
+from segpipe.prep.split import id_position
 
 
 def build_transform(config: AugmentSection, seed: int) -> A.Compose:
@@ -87,8 +88,8 @@ def _augment_one(job: _Job, *, config: AugmentSection, seed: int, out: Path) -> 
         result = transform(image=image, mask=mask)
         new_id = f"{job.image_id}_aug{copy}"
         suffix = ".jpg" if jpeg else ".png"
-        _save_rgb(out / "images" / f"{new_id}{suffix}", result["image"])
-        write_mask(out / "masks" / f"{new_id}.png", result["mask"])
+        _save_rgb(out / IMAGES / f"{new_id}{suffix}", result["image"])
+        write_mask(mask_path(out, new_id), result["mask"])
         rows.append({"id": new_id, "source_id": job.image_id, "transforms": describe_applied(result["applied_transforms"])})
     return rows
 
@@ -117,13 +118,13 @@ def augment_dataset(
     With `config.enabled` false the folders are written empty, so later stages need no special case.
     """
     processed_dir = Path(processed_dir)
-    train_ids = read_list(Path(splits_dir) / "train.txt")
+    train_ids = read_list(Path(splits_dir) / TRAIN_LIST)
     jobs = [
-        _Job(i, find_image(processed_dir / "images", i), processed_dir / "masks" / f"{i}.png") for i in train_ids
+        _Job(i, find_image(processed_dir, i), mask_path(processed_dir, i)) for i in train_ids
     ]
     with atomic_dir(Path(out_dir)) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
+        (tmp / IMAGES).mkdir()
+        (tmp / MASKS).mkdir()
         rows: list[dict[str, str]] = []
         if config.enabled and config.copies:
             work = functools.partial(_augment_one, config=config, seed=seed, out=tmp)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_dir
+from segpipe.layout import IMAGES, MASKS
 
 LESION_CLASSES = ("background", "lesion")
 AERIAL_CLASSES = ("unlabeled", "building", "land", "road", "vegetation", "water")
@@ -378,12 +379,12 @@ def make_aerial(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
     _check_args(count, size)
     palette = np.array([_hex_rgb(AERIAL_COLORS[name]) for name in AERIAL_CLASSES], np.uint8)
     with atomic_dir(Path(out_dir)) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
+        (tmp / IMAGES).mkdir()
+        (tmp / MASKS).mkdir()
         for index in range(count):
             rng = np.random.default_rng([seed, _STREAM_AERIAL, index])
             labels, buildings = _aerial_layout(rng, size)
             stem = f"aerial_{index:03d}"
-            (tmp / "images" / f"{stem}.jpg").write_bytes(_jpeg_bytes(_render_aerial(rng, labels, buildings)))
-            Image.fromarray(palette[labels]).save(tmp / "masks" / f"{stem}.png", format="PNG")
-    return [Path(out_dir) / "images" / f"aerial_{index:03d}.jpg" for index in range(count)]
+            (tmp / IMAGES / f"{stem}.jpg").write_bytes(_jpeg_bytes(_render_aerial(rng, labels, buildings)))
+            Image.fromarray(palette[labels]).save(tmp / MASKS / f"{stem}.png", format="PNG")
+    return [Path(out_dir) / IMAGES / f"aerial_{index:03d}.jpg" for index in range(count)]

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segpipe import labelme, maskfolder
 from segpipe.config import DataSection
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, write_mask
-from segpipe.parallel import cap_lines, failures, map_files
+from segpipe.layout import IMAGES, MANIFEST, MASKS
+from segpipe.prep import labelme, maskfolder
+from segpipe.prep.parallel import cap_lines, failures, map_files
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -105,7 +106,7 @@ def convert_dataset(
     colors = maskfolder.parse_mask_colors(data.mask_colors, classes) if data.format == "masks" else None
     jobs, problems = plan_jobs(input_dir, data)
     with atomic_dir(out_dir) as tmp:
-        settings = Settings(data.format, input_dir, tmp / "images", tmp / "masks", classes, data.ignore_labels, colors)
+        settings = Settings(data.format, input_dir, tmp / IMAGES, tmp / MASKS, classes, data.ignore_labels, colors)
         settings.images_dir.mkdir()
         settings.masks_dir.mkdir()
         work = partial(convert_item, settings=settings)
@@ -113,7 +114,7 @@ def convert_dataset(
         results = [r for r in outcomes if isinstance(r, ItemResult)]
         problems += failures(outcomes)
         _raise_problems(problems, results, colors, data.unknown_colors, len(jobs))
-        write_manifest(tmp / "manifest.csv", results, classes)
+        write_manifest(tmp / MANIFEST, results, classes)
     metrics = dataset_metrics(results, classes)
     atomic_write_text(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
     return ConvertSummary(len(results), out_dir, metrics)

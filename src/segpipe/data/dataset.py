@@ -1,45 +1,19 @@
-"""What the training and evaluation stages read: (image, mask) pairs named by the split lists."""
+"""What the training loop reads: letterboxed (image, mask) tensors of a list of samples."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segpipe.imageio import find_image, read_class_mask, read_image
-from segpipe.letterbox import letterbox_pair, to_tensor
-from segpipe.split import id_position, read_list
+from segpipe.imageio import read_class_mask, read_image
+from segpipe.data.letterbox import letterbox_pair, to_tensor
+from segpipe.layout import Sample
+from segpipe.prep.split import id_position
 
-
-@dataclass(frozen=True)
-class Sample:
-    id: str
-    image: Path
-    mask: Path
-
-
-def samples_in(root: Path, ids: Sequence[str]) -> list[Sample]:
-    """Samples of a converted (or augmented) dataset folder with images/ and masks/."""
-    root = Path(root)
-    return [Sample(i, find_image(root / "images", i), root / "masks" / f"{i}.png") for i in ids]
-
-
-def training_samples(processed_dir: Path, splits_dir: Path, augmented_dir: Path | None) -> list[Sample]:
-    """The ids in train.txt plus every sample of the augment stage (made from train ids only)."""
-    samples = samples_in(processed_dir, read_list(Path(splits_dir) / "train.txt"))
-    if augmented_dir is not None:
-        augmented = sorted(p.stem for p in (Path(augmented_dir) / "masks").glob("*.png"))
-        samples += samples_in(augmented_dir, augmented)
-    return samples
-
-
-def validation_samples(processed_dir: Path, splits_dir: Path) -> list[Sample]:
-    return samples_in(processed_dir, read_list(Path(splits_dir) / "val.txt"))
 
 
 def online_transform(seed: int) -> A.Compose:

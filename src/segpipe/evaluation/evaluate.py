@@ -26,19 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from segpipe import plots  # noqa: F401  (selects the Agg backend before pyplot is imported)
-from segpipe.dataset import Sample
+from segpipe.layout import Sample
+from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
+from segpipe.figures import plt, save_figure
 from segpipe.imageio import atomic_write_text, read_class_mask, read_image
-from segpipe.inference import Predictor, class_map
+from segpipe.inference.predictor import Predictor, class_map
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
-from segpipe.prediction import colour_overlay
-from segpipe.training.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE, Tracker
+from segpipe.palette import colour_overlay
+from segpipe.runtime import resolve_device
+from segpipe.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE, Tracker
 
-import matplotlib.pyplot as plt  # noqa: E402  (after segpipe.plots chose the backend)
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +74,8 @@ def evaluate(
     checkpoint: Path,
     samples: Sequence[Sample],
     out: EvalOutputs,
+    config: EvaluateSection = EvaluateSection(),
     *,
-    device: torch.device = torch.device("cpu"),
-    batch_size: int = 4,
-    gallery_size: int = 4,
     progress: bool = True,
 ) -> dict:
     """Score `checkpoint` on `samples` and write every output in `out`; returns the metrics dict.
@@ -87,14 +85,13 @@ def evaluate(
             `mlflow_run_id.txt` beside it.
         samples: the (image, mask) pairs to score (the validation split).
         out: output paths.
-        device: where the model runs.
-        batch_size: images per forward pass.
-        gallery_size: how many best and how many worst images the gallery shows.
+        config: params.yaml's evaluate section (device, images per forward pass, gallery size).
         progress: show a progress bar.
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor(checkpoint, device)
+    predictor = Predictor(checkpoint, resolve_device(config.device))
+    batch_size = config.batch_size
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
     results: list[ImageResult] = []
@@ -118,7 +115,7 @@ def evaluate(
     atomic_write_text(out.per_class, per_class_csv(scores, classes))
     atomic_write_text(out.per_image, per_image_csv(results, classes))
     atomic_write_text(out.iou_plot, iou_plot_csv(scores, classes))
-    figures = write_figures(predictor, scores, samples, results, out.plots_dir, gallery_size)
+    figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, metrics, out, figures)
     return metrics
 
@@ -230,7 +227,7 @@ def plot_class_scores(scores: SegmentationScores, classes: Sequence[str], path: 
         axis.set(title=title, ylim=(0, 1.1), xticks=positions)
         axis.set_xticklabels(classes, rotation=45, ha="right")
         axis.grid(axis="y", alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion(scores: SegmentationScores, classes: Sequence[str], path: Path) -> Path:
@@ -248,7 +245,7 @@ def plot_confusion(scores: SegmentationScores, classes: Sequence[str], path: Pat
     axis.set_xticklabels(classes, rotation=45, ha="right")
     axis.set_yticklabels(classes)
     figure.colorbar(image, ax=axis, fraction=0.046)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_gallery(
@@ -272,7 +269,7 @@ def plot_gallery(
             axis.set_axis_off()
             axis.set_title(title, fontsize=9)
         row[0].set_title(f"{which}: {results[index].id} (mIoU {_label(results[index].miou)})", fontsize=9)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _sort_key(miou: float) -> float:
@@ -283,12 +280,6 @@ def _sort_key(miou: float) -> float:
 def _label(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.2f}"
 
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
 
 
 def log_to_training_run(run_id_file: Path, metrics: dict, out: EvalOutputs, figures: Sequence[Path]) -> bool:

@@ -9,6 +9,7 @@ reported and skipped; the others are still predicted. Inputs are never overwritt
 
 from __future__ import annotations
 
+import functools
 import glob
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +21,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, list_images, mask_image, read_image, voc_palette
-from segpipe.inference import Predictor, class_map
-
-OVERLAY_ALPHA = 0.5
-# Class colours for overlays: VOC colours, except that class 1 of the VOC map (dark red,
-# 128, 0, 0) is hard to see on skin and tissue, so the foreground of 2-class models is bright red.
-BINARY_COLOUR = (255, 0, 0)
+from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, list_images, read_image
+from segpipe.palette import colour_overlay, output_mask
+from segpipe.inference.predictor import Predictor, class_map
+from segpipe.inference.tiling import Tiling, predict_tiled
 
 
 @dataclass
@@ -52,18 +50,21 @@ class PredictOptions:
     tta: bool = False
     batch_size: int = 8
 
+    def tiling(self) -> Tiling | None:
+        """The window settings when tiling (None for whole images); raises on bad values."""
+        if self.batch_size < 1:
+            raise SegpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.tile is None:
+            return None
+        return Tiling(self.tile, self.overlap, batch_size=self.batch_size)
+
 
 def predict_paths(
     checkpoint: Path,
     inputs: Sequence[str],
     out_dir: Path,
+    options: PredictOptions = PredictOptions(),
     *,
-    overlay: bool = False,
-    probs: bool = False,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    tta: bool = False,
-    batch_size: int = 8,
     device: torch.device = torch.device("cpu"),
     progress: bool = True,
 ) -> PredictReport:
@@ -73,23 +74,14 @@ def predict_paths(
         checkpoint: the trained model (best.pt).
         inputs: image files, folders (the images directly inside) or glob patterns.
         out_dir: where the outputs go; must not be a folder that holds an input.
-        overlay: also write `<stem>_overlay.png`.
-        probs: also write `<stem>_probs.npy`, (C, H, W) float16.
-        tile: predict in overlapping tile x tile windows (large images); None: whole images.
-        overlap: fraction of a tile shared with its neighbour.
-        tta: average over the 8 rotations and flips.
-        batch_size: images (or tiles of one image) per forward pass.
+        options: how to predict and what to write besides the masks.
         device: where the model runs.
         progress: show a progress bar.
     Raises:
         SegpipeError for bad arguments (nothing matched, out_dir holds inputs, two inputs with
         one stem); unreadable images are only reported in the returned report.
     """
-    options = PredictOptions(overlay, probs, tile, overlap, tta, batch_size)
-    if (tile is not None and tile < 1) or not 0 <= overlap < 1 or batch_size < 1:
-        raise SegpipeError(
-            f"--tile must be >= 1, --overlap in [0, 1) and --batch-size >= 1; got {tile}, {overlap}, {batch_size}"
-        )
+    tiling = options.tiling()  # checks the tile settings before anything is read
     images = resolve_inputs(inputs)
     check_outputs(images, Path(out_dir))
     out_dir = Path(out_dir)
@@ -101,7 +93,7 @@ def predict_paths(
         for chunk in _chunks(images, batch):
             loaded = _read_all(chunk, report)
             try:
-                for path, image, labels, probs in _predict(predictor, loaded, options):
+                for path, image, labels, probs in _predict(predictor, loaded, options, tiling):
                     report.written.append(write_outputs(out_dir / path.stem, image, labels, probs, predictor.num_classes, options))
             except SegpipeError as exc:  # e.g. --probs of an image too large to hold them
                 report.failed.append(f"{', '.join(str(path) for path, _ in loaded)}: {exc}")
@@ -164,24 +156,18 @@ def _read_all(paths: Sequence[Path], report: PredictReport) -> list[tuple[Path, 
 
 
 def _predict(
-    predictor: Predictor, loaded: list[tuple[Path, np.ndarray]], options: PredictOptions
+    predictor: Predictor, loaded: list[tuple[Path, np.ndarray]], options: PredictOptions, tiling: Tiling | None
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, torch.Tensor | None]]:
     """(path, image, labels (H, W) uint8, probs (C, H, W) or None) per image."""
-    if options.tile:
+    if tiling is not None:
+        predict = functools.partial(predictor.predict_batch, tta=options.tta)
         for path, image in loaded:
-            if options.probs:
-                probs = predictor.predict_tiled(image, options.tile, options.overlap, tta=options.tta, batch_size=options.batch_size)
-                yield path, image, class_map(probs), probs
-            else:
-                labels = predictor.predict_tiled_labels(
-                    image, options.tile, options.overlap, tta=options.tta, batch_size=options.batch_size
-                )
-                yield path, image, labels, None
+            labels, probs = predict_tiled(predict, image, tiling, keep_probs=options.probs)
+            yield path, image, labels, probs
         return
     all_probs = predictor.predict_batch([image for _, image in loaded], tta=options.tta)
     for (path, image), probs in zip(loaded, all_probs):
         yield path, image, class_map(probs), probs if options.probs else None
-
 
 def write_outputs(
     stem: Path,
@@ -201,25 +187,6 @@ def write_outputs(
         half = probs.to(torch.float16).numpy()
         atomic_write(stem.with_name(f"{stem.name}_probs.npy"), lambda tmp: _save_npy(tmp, half))
     return mask_path
-
-
-def output_mask(labels: np.ndarray, num_classes: int) -> Image.Image:
-    """2 classes: an "L" image of 0 / 255; more: a palette image of class ids."""
-    if num_classes == 2:
-        return Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8), mode="L")
-    return mask_image(labels)
-
-
-def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """(H, W, 3) uint8: the image with every non-background pixel blended towards its class colour."""
-    palette = np.array(voc_palette(), dtype=np.float32).reshape(-1, 3)
-    if num_classes == 2:
-        palette[1] = BINARY_COLOUR
-    colours = palette[labels]  # (H, W, 3)
-    blended = image.astype(np.float32)
-    foreground = labels > 0
-    blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]
-    return blended.round().astype(np.uint8)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

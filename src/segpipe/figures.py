@@ -1,4 +1,6 @@
-"""Figures for people: training curves (the first paper's figure 4)."""
+"""Figures for people: the one place that sets matplotlib's backend and saves a figure, and the
+training curves (the first paper's figure 4). Import `plt` from here, never pyplot directly, so
+the file-only Agg backend is chosen before pyplot loads."""
 
 from __future__ import annotations
 
@@ -24,16 +26,17 @@ def plot_curves(history: Sequence[dict[str, float | None]], out_dir: Path) -> li
     axis.set(xlabel="epoch", ylabel="loss", title="Loss")
     axis.grid(alpha=0.3)
     axis.legend()
-    paths.append(_save(figure, out_dir / "loss.png"))
+    paths.append(save_figure(figure, out_dir / "loss.png"))
     figure, axis = plt.subplots(figsize=(6, 4))
     axis.plot([r["epoch"] for r in validated], [r["val_miou"] for r in validated], "o-", color="tab:green")
     axis.set(xlabel="epoch", ylabel="mIoU", title="Validation mIoU", ylim=(0, 1))
     axis.grid(alpha=0.3)
-    paths.append(_save(figure, out_dir / "miou.png"))
+    paths.append(save_figure(figure, out_dir / "miou.png"))
     return paths
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """Lay out, write as a 100 dpi PNG and close `figure`; returns `path`."""
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from segpipe.config import TrainSection
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX
 
@@ -207,3 +208,15 @@ def _check_config(*, ce: float, focal: float, dice: float, focal_alpha: float | 
         raise SegpipeError(f"loss.focal_gamma must be >= 0, got {focal_gamma}")
     if focal_alpha is not None and not 0.0 <= focal_alpha <= 1.0:
         raise SegpipeError(f"loss.focal_alpha must be in [0, 1] or null, got {focal_alpha}")
+
+
+def make_loss(config: TrainSection) -> SegmentationLoss:
+    """The loss that `train.loss`, `focal_*` and `class_weights` describe."""
+    return SegmentationLoss(
+        ce=config.loss.ce,
+        focal=config.loss.focal,
+        dice=config.loss.dice,
+        focal_alpha=config.focal_alpha,
+        focal_gamma=config.focal_gamma,
+        class_weights=config.class_weights or None,
+    )

@@ -1,4 +1,5 @@
-"""Where training runs: device choice, mixed precision, seeding and the distributed group."""
+"""Where a run executes: device choice, mixed precision, seeding and the distributed group,
+resolved once per run into a `Runtime`."""
 
 from __future__ import annotations
 
@@ -102,6 +103,10 @@ class Distributed:
         padded = (indices * (1 + per_rank * self.world_size // max(len(indices), 1)))[: per_rank * self.world_size]
         return padded[self.rank :: self.world_size]
 
+    def rank_indices(self, count: int) -> list[int]:
+        """This rank's every world_size-th index of range(count), for validation (no padding)."""
+        return list(range(count))[self.rank :: self.world_size]
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -110,3 +115,18 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Device, precision and distributed group of one run, resolved once and passed down."""
+
+    device: torch.device
+    precision: Precision
+    dist: Distributed
+
+    @classmethod
+    def resolve(cls, device_name: str) -> Runtime:
+        """Pick the device (`auto`, `cpu`, `cuda`, ...) and join torchrun's group if there is one."""
+        device = resolve_device(device_name)
+        return cls(device=device, precision=Precision.for_device(device), dist=Distributed.from_env(device))

@@ -1,0 +1,92 @@
+"""The checkpoint format, owned here: `checkpoint_contents` defines it, `save_checkpoint` writes it,
+`load_model` turns a file back into the model, its class names and its input size.
+
+A checkpoint carries its own config (the model section, classes, image size and all params), so
+`evaluate` and `predict` rebuild the model from the file alone. It is a plain dict of tensors,
+numbers, strings, lists and dicts, so it loads with `torch.load(weights_only=True)`, which cannot
+run code hidden in a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segpipe.config import ModelSection, Params
+from segpipe.errors import SegpipeError
+from segpipe.imageio import atomic_write
+from segpipe.models.registry import build_model
+from segpipe.models.unet import UNet
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with what it needs to be fed."""
+
+    model: UNet
+    classes: tuple[str, ...]
+    image_size: int  # the letterboxed square side it was trained at
+    params: dict[str, Any]  # every setting it was trained with (params.yaml as JSON)
+
+
+def checkpoint_contents(model: UNet, params: Params, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint of `model` trained with `params`.
+
+    Args:
+        training: the state a resume needs (epoch, optimizer, scheduler, RNG, history); None for a
+            checkpoint that is only for prediction.
+    """
+    return {
+        "format": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "model_args": model.model_args(),
+        "classes": list(params.base.classes),
+        "image_size": params.train.image_size,
+        "params": params.model_dump(mode="json"),
+        **(training or {}),
+    }
+
+
+def save_checkpoint(path: Path, contents: Mapping[str, Any]) -> None:
+    """Write checkpoint contents through a temporary file and a rename, so a crash never leaves half a file."""
+    atomic_write(path, lambda tmp: torch.save(dict(contents), tmp))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents, loaded safely; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegpipeError(f"{path}: checkpoint not found; run the train stage first")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise SegpipeError(f"{path}: not a readable segpipe checkpoint ({exc})") from None
+    if not isinstance(checkpoint, dict) or "model_args" not in checkpoint or "model" not in checkpoint:
+        raise SegpipeError(f"{path}: not a segpipe checkpoint (no model_args/model entries)")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> UNet:
+    """Rebuild the network described by checkpoint contents and load its weights (no pretrained download)."""
+    args = dict(checkpoint["model_args"])
+    num_classes = args.pop("num_classes")
+    model = build_model(ModelSection.model_validate({**args, "pretrained": "none"}), num_classes)
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def load_model(path: Path) -> LoadedModel:
+    """The model in a checkpoint file (on the CPU), its class names and its input size."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    return LoadedModel(
+        model=model_from_checkpoint(checkpoint),
+        classes=tuple(checkpoint["classes"]),
+        image_size=int(checkpoint["image_size"]),
+        params=dict(checkpoint.get("params", {})),
+    )

@@ -1,0 +1,114 @@
+"""The train stage: `fit` a model inside an MLflow run and write what DVC keeps of it.
+
+Outputs: `MODELS_DIR/best.pt` (best validation mIoU), `last.pt`, `epoch_NNN.pt` every
+`train.save_period` epochs, and `mlflow_run_id.txt`; a metrics JSON, a per-epoch history CSV
+(DVC plots) and loss / mIoU curve PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from segpipe import tracking
+from segpipe.config import Params
+from segpipe.figures import plot_curves
+from segpipe.imageio import atomic_write_text
+from segpipe.layout import Sample
+from segpipe.runtime import Runtime
+from segpipe.training.loop import HISTORY_FIELDS, TrainState, fit
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    models_dir: Path
+    metrics: Path
+    history: Path
+    plots_dir: Path
+
+
+def train_stage(
+    params: Params,
+    train_samples: Sequence[Sample],
+    val_samples: Sequence[Sample],
+    outputs: TrainOutputs,
+    *,
+    progress: bool = True,
+) -> dict[str, float | int | str]:
+    """Run `fit` inside an MLflow run and write the metrics, history and curves; returns the metrics."""
+    started = time.perf_counter()
+    runtime = Runtime.resolve(params.train.device)
+    tracker = start_tracking(params, train_samples, val_samples, outputs.models_dir, runtime.dist.is_main)
+    try:
+        state = fit(
+            params, train_samples, val_samples, outputs.models_dir, runtime=runtime, progress=progress, tracker=tracker
+        )
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    finally:
+        runtime.dist.close()
+    if not runtime.dist.is_main:  # only rank 0 writes and logs
+        return {}
+    metrics = summary_metrics(state, len(train_samples), len(val_samples), time.perf_counter() - started)
+    atomic_write_text(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
+    write_history(state.history, outputs.history)
+    for path in plot_curves(state.history, outputs.plots_dir):
+        tracker.log_artifact(path, "plots")
+    best = outputs.models_dir / "best.pt"
+    if best.exists():
+        tracker.log_artifact(best, "checkpoints")
+    tracker.log_metrics({"best_val_miou": state.best_miou, "best_epoch": state.best_epoch})
+    tracker.end()
+    return metrics
+
+
+def start_tracking(
+    params: Params, train_samples: Sequence[Sample], val_samples: Sequence[Sample], models_dir: Path, is_main: bool
+) -> tracking.Tracker:
+    """Open (or, when resuming, reopen) the MLflow run and record its id beside the checkpoints."""
+    tracker = tracking.Tracker(enabled=is_main)
+    root = tracking.project_root()
+    params_json = params.model_dump(mode="json")
+    data_files = [p for s in [*train_samples, *val_samples] for p in (s.image, s.mask)]
+    tags = tracking.dvc_tags(root, tracking.content_hash(params_json), tracking.files_hash(data_files))
+    run_id_file = models_dir / tracking.RUN_ID_FILE
+    resume_run = run_id_file.read_text().strip() if params.train.resume and run_id_file.exists() else None
+    tracker.start(params.base.experiment, tracking.run_name(), params_json, tags, run_id=resume_run)
+    if is_main:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        if tracker.run_id:
+            atomic_write_text(run_id_file, tracker.run_id + "\n")
+        else:  # a later resume must not reopen an older run
+            run_id_file.unlink(missing_ok=True)
+    return tracker
+
+
+def summary_metrics(state: TrainState, train_images: int, val_images: int, seconds: float) -> dict[str, float | int]:
+    final = state.history[-1]
+    validated = [row for row in state.history if row["val_loss"] is not None]
+    return {
+        "best_epoch": state.best_epoch,
+        "best_val_miou": round(state.best_miou, 6),
+        "final_train_loss": round(final["train_loss"], 6),
+        "final_val_loss": round(validated[-1]["val_loss"], 6),
+        "final_val_miou": round(validated[-1]["val_miou"], 6),
+        "epochs": state.epoch,
+        "train_images": train_images,
+        "val_images": val_images,
+        "seconds": round(seconds, 1),
+    }
+
+
+def write_history(history: Sequence[dict], path: Path) -> None:
+    """The per-epoch history as CSV (DVC plots); epochs without validation have empty val cells."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, text.getvalue())
