@@ -1,36 +1,39 @@
-"""Shared fixtures: tiny converted datasets made on the fly (no test depends on files outside tmp)."""
+"""Shared fixtures: tiny datasets made on the fly (no test depends on files outside tmp), MLflow
+under tmp, and one torch thread. Helper functions live in tests/helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+import torch
 
-from segpipe.imageio import write_mask
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def make_processed(root: Path, count: int = 6, size: tuple[int, int] = (24, 32), seed: int = 0) -> Path:
-    """A converted dataset: images/<id>.png (random RGB), masks/<id>.png (a class-1 square), manifest.csv."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    h, w = size
-    rows = ["id,source,width,height"]
-    for index in range(count):
-        image_id = f"img{index:03d}"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{image_id}.png")
-        mask = np.zeros((h, w), np.uint8)
-        mask[h // 4 : h // 2, w // 4 : w // 2 + index % 3] = 1
-        write_mask(root / "masks" / f"{image_id}.png", mask)
-        rows.append(f"{image_id},{image_id}.json,{w},{h}")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    return root
+from segpipe.layout import Sample
+from tests.helpers import make_processed, tiny_samples, use_tmp_mlflow
 
 
 @pytest.fixture
 def processed(tmp_path: Path) -> Path:
     return make_processed(tmp_path / "processed")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The tests' models are tiny: they run fastest on one thread, and two threads on a busy 2-core machine wait
+    # on each other far longer than they compute.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> list[Sample]:
+    return tiny_samples(tmp_path / "processed")
+
+
+@pytest.fixture
+def mlflow_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """MLflow's database and artifacts under tmp_path (never in the repo); returns the db path."""
+    use_tmp_mlflow(monkeypatch, tmp_path)
+    return tmp_path / "mlflow.db"

@@ -4,7 +4,7 @@ import pytest
 
 from segpipe.config import load_params, parse_params
 from segpipe.errors import SegpipeError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_shipped_params_file_loads():

@@ -13,10 +13,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from segpipe.training import run as run_module
-from segpipe.training import tracking
-from segpipe.training.run import TrainOutputs, train_stage
-from tests.training.conftest import Interrupt, tiny_params, tiny_samples, use_tmp_mlflow
+from segpipe.training import stage as run_module
+from segpipe import tracking
+from segpipe.training.stage import TrainOutputs, train_stage
+from tests.helpers import Interrupt, tiny_params, tiny_samples, use_tmp_mlflow
 
 EXPERIMENT = "tiny-experiment"
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.app import app
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.app import app
-from tests.test_inference import tiny_checkpoint
+from tests.helpers import tiny_checkpoint
 
 runner = CliRunner()
 

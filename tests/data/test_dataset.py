@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from segpipe.augment import augment_dataset
+from segpipe.prep.augment import augment_dataset
 from segpipe.config import AugmentSection, SplitSection
-from segpipe.dataset import SegmentationDataset, samples_in, training_samples, validation_samples
-from segpipe.split import read_list, write_split
-from tests.conftest import make_processed
+from segpipe.data.dataset import SegmentationDataset
+from segpipe.layout import read_list, samples_in, training_samples, validation_samples
+from segpipe.prep.split import write_split
+from tests.helpers import make_processed
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from segpipe.errors import SegpipeError
-from segpipe.letterbox import (
+from segpipe.data.letterbox import (
     IGNORE_INDEX,
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -10,7 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.test_pipeline_e2e import TINY, make_project, merge, run
+from tests.helpers import TINY, make_project, merge, run
+
+pytestmark = pytest.mark.slow  # DVC runs of the whole pipeline: minutes
 
 # Enough validation images for compare to give a verdict (it needs 5).
 SETTINGS = merge(TINY, {"split": {"val_fraction": 0.3}})

@@ -3,61 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO
+from tests.helpers import make_project, run
 
-TINY = {
-    "augment": {"copies": 1},
-    "model": {"base_channels": 4},
-    "train": {"image_size": 32, "epochs": 2, "batch_size": 4, "save_period": 1},
-}
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own mlflow.db is part of what is checked
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def make_project(root: Path, images: int = 12, overrides: dict = TINY) -> Path:
-    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files."""
-    root.mkdir()
-    for name in ("pipeline", "src"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "dvc.yaml", root)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sample = root / "data" / "sample"
-    sample.mkdir(parents=True)
-    for json_path in sorted((REPO / "data" / "sample").glob("*.json"))[:images]:
-        shutil.copy(json_path, sample)
-        shutil.copy(json_path.with_suffix(".jpg"), sample)
-    (root / ".gitignore").write_text("__pycache__/\nmlflow.db\nmlruns/\n")
-    run(["git", "init", "-q"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "test"], root)
-    run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
-    return root
+pytestmark = pytest.mark.slow  # DVC runs of the whole pipeline: minutes
 
 
 @pytest.fixture(scope="module")

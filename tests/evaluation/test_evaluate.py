@@ -13,12 +13,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segpipe import inference
-from segpipe.dataset import Sample
-from segpipe.evaluation import EvalOutputs, absent_report, evaluate
+from segpipe.models import checkpoint as checkpoint_module
+from segpipe.layout import Sample
+from segpipe.config import EvaluateSection
+from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
 from segpipe.imageio import write_mask
-from segpipe.training.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE
-from tests.test_inference import tiny_checkpoint
+from segpipe.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE
+from tests.helpers import tiny_checkpoint
 
 CLASSES = ["background", "lesion", "other"]
 
@@ -57,7 +58,7 @@ def hand_case(tmp_path, monkeypatch):
     samples = [write_sample(tmp_path / "data", "a", pred_a, truth_a), write_sample(tmp_path / "data", "b", pred_b, truth_b)]
     # image_size 4 = the images' size: the letterbox changes nothing, predictions are exactly the red pixels.
     checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", classes=CLASSES, image_size=4)
-    monkeypatch.setattr(inference, "model_from_checkpoint", lambda ckpt: RedIsLesion())
+    monkeypatch.setattr(checkpoint_module, "model_from_checkpoint", lambda ckpt: RedIsLesion())
     out = EvalOutputs(
         metrics=tmp_path / "m" / "eval.json",
         per_class=tmp_path / "m" / "per_class.csv",
@@ -93,7 +94,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_scores_match_the_hand_computed_confusion_matrix(hand_case):
     checkpoint, samples, out = hand_case
-    metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=1)
+    metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=1), progress=False)
     written = json.loads(out.metrics.read_text())
     assert written == metrics
     for key, value in EXPECTED.items():
@@ -103,7 +104,7 @@ def test_scores_match_the_hand_computed_confusion_matrix(hand_case):
 
 def test_absent_class_is_null_reported_and_left_out_of_the_means(hand_case):
     checkpoint, samples, out = hand_case
-    metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     assert metrics["absent_classes"] == ["other"]
     assert metrics["iou_other"] is None and metrics["dice_other"] is None
     assert "NaN" not in out.metrics.read_text()
@@ -113,7 +114,7 @@ def test_absent_class_is_null_reported_and_left_out_of_the_means(hand_case):
 
 def test_per_class_csv_has_counts_and_blank_undefined_cells(hand_case):
     checkpoint, samples, out = hand_case
-    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     rows = {row["class"]: row for row in read_csv(out.per_class)}
     assert list(rows) == CLASSES
     assert (rows["background"]["gt_pixels"], rows["background"]["pred_pixels"]) == ("27", "26")
@@ -127,7 +128,7 @@ def test_per_class_csv_has_counts_and_blank_undefined_cells(hand_case):
 
 def test_per_image_csv_has_one_row_per_image_with_its_own_scores(hand_case):
     checkpoint, samples, out = hand_case
-    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     rows = read_csv(out.per_image)
     assert [row["id"] for row in rows] == ["a", "b"]
     assert list(rows[0]) == ["id", "iou_background", "iou_lesion", "iou_other",
@@ -141,7 +142,7 @@ def test_per_image_csv_has_one_row_per_image_with_its_own_scores(hand_case):
 
 def test_figures_are_written(hand_case):
     checkpoint, samples, out = hand_case
-    evaluate(checkpoint, samples, out, progress=False, gallery_size=1)
+    evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=1), progress=False)
     for name in ("class_scores.png", "confusion_matrix.png", "gallery.png"):
         assert Image.open(out.plots_dir / name).size[0] > 100
 
@@ -157,7 +158,7 @@ def test_metrics_are_logged_to_the_training_run(hand_case, tmp_path, monkeypatch
         mlflow.log_metric("val_miou", 0.5)
     checkpoint, samples, out = hand_case
     (checkpoint.parent / RUN_ID_FILE).write_text(run.info.run_id + "\n")
-    evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+    evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
     assert logged["miou"] == pytest.approx(EXPECTED["miou"])
     assert logged["images"] == 2 and logged["val_miou"] == 0.5
@@ -172,5 +173,5 @@ def test_mlflow_failure_is_a_warning_and_the_files_are_still_written(hand_case, 
     checkpoint, samples, out = hand_case
     (checkpoint.parent / RUN_ID_FILE).write_text("0123456789abcdef\n")
     with pytest.warns(UserWarning, match="MLflow reopen failed"):
-        metrics = evaluate(checkpoint, samples, out, progress=False, gallery_size=0)
+        metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     assert math.isclose(json.loads(out.metrics.read_text())["miou"], metrics["miou"])

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from pipeline.compare import main
-from segpipe.compare import (
+from segpipe.experiments.compare import (
     BootstrapResult,
     common_ids,
     compare,

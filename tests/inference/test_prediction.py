@@ -10,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe.dataset import validation_samples
+from segpipe.layout import validation_samples
 from segpipe.errors import SegpipeError
-from segpipe.evaluation import EvalOutputs, evaluate
+from segpipe.config import EvaluateSection
+from segpipe.evaluation.evaluate import EvalOutputs, evaluate
 from segpipe.imageio import read_class_mask, read_image
-from segpipe.inference import Predictor
+from segpipe.inference.predictor import Predictor
 from segpipe.metrics import ConfusionMatrix
-from segpipe.prediction import predict_paths, resolve_inputs
-from segpipe.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.test_inference import tiny_checkpoint
+from segpipe.inference.prediction import PredictOptions, predict_paths, resolve_inputs
+from segpipe.models.checkpoint import load_checkpoint, save_checkpoint
+from tests.helpers import tiny_checkpoint
 
 
 def balance(checkpoint: Path, images: list[Path]) -> Path:
@@ -48,9 +49,9 @@ def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed
     samples = validation_samples(processed, splits)
     checkpoint = balance(tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=32), [s.image for s in samples])
     out = EvalOutputs(tmp_path / "eval.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv", tmp_path / "plots")
-    metrics = evaluate(checkpoint, samples, out, batch_size=2, gallery_size=0, progress=False)
+    metrics = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
 
-    report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", batch_size=2, progress=False)
+    report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", PredictOptions(batch_size=2), progress=False)
     assert report.ok and len(report.written) == 3
     matrix = ConfusionMatrix(2)
     for sample in samples:
@@ -64,7 +65,7 @@ def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed
 def test_two_class_masks_are_black_and_white_at_the_input_size(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     image = save_image(tmp_path / "in" / "photo.jpg", 37, 53)
-    predict_paths(checkpoint, [str(image)], tmp_path / "out", overlay=True, probs=True, progress=False)
+    predict_paths(checkpoint, [str(image)], tmp_path / "out", PredictOptions(overlay=True, probs=True), progress=False)
     mask = Image.open(tmp_path / "out" / "photo.png")
     assert mask.mode == "L" and mask.size == (53, 37)
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
@@ -94,8 +95,7 @@ def test_exif_rotated_input_gives_a_mask_of_the_rotated_size(tmp_path):
 
 def test_tiled_prediction_writes_the_same_kind_of_mask(tmp_path):
     image = save_image(tmp_path / "in" / "big.png", 90, 130)
-    report = predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(image)], tmp_path / "out",
-                           tile=32, overlap=0.5, probs=True, progress=False)
+    report = predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(image)], tmp_path / "out", PredictOptions(tile=32, overlap=0.5, probs=True), progress=False)
     assert report.ok
     assert Image.open(tmp_path / "out" / "big.png").size == (130, 90)
     assert np.load(tmp_path / "out" / "big_probs.npy").shape == (2, 90, 130)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from segpipe.errors import SegpipeError
-from segpipe.training import checkpoint as checkpoint_module
-from segpipe.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from segpipe.training.run import fit
-from tests.training.conftest import tiny_params, tiny_samples
+from segpipe.models import checkpoint as checkpoint_module
+from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segpipe.training.loop import fit
+from tests.helpers import tiny_params, tiny_samples
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segpipe.augment import augment_dataset
+from segpipe.prep.augment import augment_dataset
 from segpipe.config import AugmentSection, SplitSection
 from segpipe.imageio import read_class_mask, read_image
-from segpipe.split import write_split
-from tests.conftest import make_processed
+from segpipe.prep.split import write_split
+from tests.helpers import make_processed
 
 # Every transform off; tests switch on the one they check.
 NOTHING = dict(rotate_p=0.0, hflip_p=0.0, vflip_p=0.0, contrast_p=0.0, blur_p=0.0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe import parallel
+from segpipe.prep import parallel
 from segpipe.config import DataSection, parse_params
-from segpipe.convert import ConvertSummary, convert_dataset
+from segpipe.prep.convert import ConvertSummary, convert_dataset
 from segpipe.errors import SegpipeError
 
 CLASSES = ("background", "lesion", "hair")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX
-from segpipe.labelme import Annotation, load_annotation, rasterize
+from segpipe.prep.labelme import Annotation, load_annotation, rasterize
 
 CLASSES = ("background", "lesion", "hair")
 IGNORE = ("__ignore__",)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IGNORE_INDEX
-from segpipe.maskfolder import find_pairs, load_pair, mask_to_ids, parse_mask_colors, unknown_values_report
+from segpipe.prep.maskfolder import find_pairs, load_pair, mask_to_ids, parse_mask_colors, unknown_values_report
 
 CLASSES = ("background", "lesion", "hair")
 GRAY = parse_mask_colors({"background": 0, "lesion": 255, "hair": 128}, CLASSES)

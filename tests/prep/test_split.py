@@ -4,7 +4,8 @@ import pytest
 
 from segpipe.config import SplitSection
 from segpipe.errors import SegpipeError
-from segpipe.split import read_list, split_ids, write_split
+from segpipe.layout import read_list
+from segpipe.prep.split import split_ids, write_split
 
 IDS = [f"img{i:04d}" for i in range(1000)]
 

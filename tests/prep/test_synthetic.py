@@ -1,4 +1,4 @@
-"""Tests for segpipe.sample: determinism, file layout, labelme validity and that labels match pixels."""
+"""Tests for segpipe.prep.synthetic: determinism, file layout, labelme validity and that labels match pixels."""
 
 import base64
 import json
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 from segpipe.errors import SegpipeError
-from segpipe.labelme import load_annotation, rasterize
-from segpipe.sample import AERIAL_CLASSES, AERIAL_COLORS, LESION_CLASSES, make_aerial, make_lesions
+from segpipe.prep.labelme import load_annotation, rasterize
+from segpipe.prep.synthetic import AERIAL_CLASSES, AERIAL_COLORS, LESION_CLASSES, make_aerial, make_lesions
 
 SIZE = 128
 COUNT = 20
@@ -153,7 +153,7 @@ def test_polygon_follows_the_rendered_border(lesions):
 
 
 def test_project_converter_reads_every_annotation(lesions):
-    """segpipe.labelme loads each file (imageData or imagePath) and paints the same region as PIL."""
+    """segpipe.prep.labelme loads each file (imageData or imagePath) and paints the same region as PIL."""
     for json_path in lesions:
         annotation = load_annotation(json_path, json_path.parent)
         mask = rasterize(annotation, LESION_CLASSES, ()) == 1

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from segpipe.augment import augment_dataset
-from segpipe.convert import convert_dataset
-from segpipe.dataset import training_samples, validation_samples
-from segpipe.sample import AERIAL_CLASSES, AERIAL_COLORS, make_aerial
-from segpipe.split import write_split
-from segpipe.training.checkpoint import load_checkpoint, model_from_checkpoint
-from segpipe.training.run import fit
-from tests.training.conftest import tiny_params
+from segpipe.prep.augment import augment_dataset
+from segpipe.prep.convert import convert_dataset
+from segpipe.layout import training_samples, validation_samples
+from segpipe.prep.synthetic import AERIAL_CLASSES, AERIAL_COLORS, make_aerial
+from segpipe.prep.split import write_split
+from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint
+from segpipe.training.loop import fit
+from tests.helpers import tiny_params
 
 
 def test_the_aerial_sample_trains_a_six_class_model(tmp_path: Path):

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from segpipe.augment import augment_dataset
+from segpipe.prep.augment import augment_dataset
 from segpipe.config import AugmentSection, SplitSection
-from segpipe.split import write_split
-from segpipe.training.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.conftest import REPO, make_processed
+from segpipe.prep.split import write_split
+from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint
+from tests.helpers import REPO, make_processed
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from segpipe.errors import SegpipeError
-from segpipe.training import run
-from segpipe.training.checkpoint import load_checkpoint, model_from_checkpoint
-from segpipe.training.loop import LrSchedule
-from segpipe.training.run import fit
-from tests.training.conftest import Interrupt, state_snapshot, tiny_params, tiny_samples
+from segpipe.training import loop
+from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint
+from segpipe.training.optim import LrSchedule
+from segpipe.training.loop import fit
+from tests.helpers import Interrupt, state_snapshot, tiny_params, tiny_samples
 
 
 def test_a_tiny_run_overfits_two_images(samples, tmp_path: Path):
@@ -55,13 +55,13 @@ def test_the_frozen_phase_trains_only_the_decoder_with_its_own_batch_size(tmp_pa
     samples = tiny_samples(tmp_path / "processed", count=4)
     params = tiny_params({"epochs": 3, "freeze_epochs": 2, "freeze_batch_size": 4, "batch_size": 2, "lr": 0.01})
     phases = []  # (epoch, encoder frozen, batch size of the loader)
-    original = run.train_one_epoch
+    original = loop.train_one_epoch
 
     def recording(state, net, loader, *args, **kwargs):
         phases.append((state.epoch + 1, state.model.encoder_frozen, loader.batch_size))
         return original(state, net, loader, *args, **kwargs)
 
-    monkeypatch.setattr(run, "train_one_epoch", recording)
+    monkeypatch.setattr(loop, "train_one_epoch", recording)
     snapshots = {}
     fit(params, samples, samples[:1], tmp_path / "models", progress=False,
         on_epoch_end=lambda state: snapshots.setdefault(state.epoch, state_snapshot(state.model)))
@@ -85,7 +85,7 @@ def test_the_frozen_phase_trains_only_the_decoder_with_its_own_batch_size(tmp_pa
 
 def test_a_non_finite_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoint(samples, tmp_path, monkeypatch):
     diverged = {"now": False}
-    real_make_loss = run.make_loss
+    real_make_loss = loop.make_loss
 
     class DivergingLoss(torch.nn.Module):
         """The real loss until `diverged`, then NaN: a model whose training blew up."""
@@ -98,7 +98,7 @@ def test_a_non_finite_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoi
             value = self.loss(logits, target)
             return value * float("nan") if diverged["now"] else value
 
-    monkeypatch.setattr(run, "make_loss", lambda params: DivergingLoss(real_make_loss(params)))
+    monkeypatch.setattr(loop, "make_loss", lambda params: DivergingLoss(real_make_loss(params)))
     models = tmp_path / "models"
     params = tiny_params({"epochs": 3})
     with pytest.raises(SegpipeError, match=r"nan at epoch 2, batch 1.*train\.lr"):

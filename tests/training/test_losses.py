@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segpipe import losses
+from segpipe.training import losses
 from segpipe.errors import SegpipeError
-from segpipe.losses import (
+from segpipe.training.losses import (
     IGNORE_INDEX,
     SegmentationLoss,
     cross_entropy_term,

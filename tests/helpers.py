@@ -1,0 +1,164 @@
+"""Helpers shared by the tests: tiny datasets, params and checkpoints made on the fly, and a
+temporary DVC project. Test modules import from here, never from each other."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+import yaml
+from PIL import Image
+
+from segpipe.config import ModelSection, Params, parse_params
+from segpipe.layout import Sample, samples_in
+from segpipe.imageio import write_mask
+from segpipe.models import build_model
+from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+CLASSES = ("background", "lesion")
+
+
+TINY = {
+    "augment": {"copies": 1},
+    "model": {"base_channels": 4},
+    "train": {"image_size": 32, "epochs": 2, "batch_size": 4, "save_period": 1},
+}
+
+
+def make_processed(root: Path, count: int = 6, size: tuple[int, int] = (24, 32), seed: int = 0) -> Path:
+    """A converted dataset: images/<id>.png (random RGB), masks/<id>.png (a class-1 square), manifest.csv."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    h, w = size
+    rows = ["id,source,width,height"]
+    for index in range(count):
+        image_id = f"img{index:03d}"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{image_id}.png")
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4 : h // 2, w // 4 : w // 2 + index % 3] = 1
+        write_mask(root / "masks" / f"{image_id}.png", mask)
+        rows.append(f"{image_id},{image_id}.json,{w},{h}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def tiny_params(train: dict[str, Any] | None = None, **sections: dict[str, Any]) -> Params:
+    """Params for a plain U-Net of width 4 trained on 32 px CPU batches; `train` and other
+    sections override the defaults key by key."""
+    data = {
+        "model": {"backbone": "plain", "base_channels": 4, **sections.pop("model", {})},
+        "train": {
+            "image_size": 32,
+            "epochs": 2,
+            "batch_size": 2,
+            "freeze_batch_size": 2,
+            "device": "cpu",
+            "save_period": 0,
+            **(train or {}),
+        },
+        **sections,
+    }
+    return parse_params(data)
+
+
+def tiny_samples(root: Path, count: int = 2) -> list[Sample]:
+    """`count` random 24x32 images with a class-1 rectangle each."""
+    make_processed(root, count=count)
+    return samples_in(root, [f"img{i:03d}" for i in range(count)])
+
+
+def tiny_checkpoint(path: Path, classes=CLASSES, image_size: int = 32, seed: int = 0) -> Path:
+    """A real (random-weight) plain U-Net checkpoint with the keys training writes."""
+    torch.manual_seed(seed)
+    model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
+    params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}})
+    save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
+    return path
+
+
+class Interrupt:
+    """An on_epoch_end callback that stops the run, as Ctrl-C would, after epoch `after`."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def __call__(self, state) -> None:
+        if state.epoch == self.after:
+            raise KeyboardInterrupt
+
+
+def state_snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def use_tmp_mlflow(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    monkeypatch.setenv("DVC_ROOT", str(root))  # the project root, where artifacts (mlruns/) go
+    monkeypatch.chdir(root)
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own mlflow.db is part of what is checked
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def make_project(root: Path, images: int = 12, overrides: dict = TINY) -> Path:
+    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files."""
+    root.mkdir()
+    for name in ("pipeline", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sample = root / "data" / "sample"
+    sample.mkdir(parents=True)
+    for json_path in sorted((REPO / "data" / "sample").glob("*.json"))[:images]:
+        shutil.copy(json_path, sample)
+        shutil.copy(json_path.with_suffix(".jpg"), sample)
+    (root / ".gitignore").write_text("__pycache__/\nmlflow.db\nmlruns/\n")
+    run(["git", "init", "-q"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    return root
+
+
+class PixelwiseModel(nn.Module):
+    """A 1x1 convolution: each pixel's logits depend on that pixel alone, so any tiling must agree."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
