@@ -185,3 +185,15 @@ def test_promote_command_reports_the_alias_and_fails_cleanly(registry, monkeypat
     assert registry["client"].get_model_version_by_alias(MODEL, "staging").version == 2
     result = CliRunner().invoke(app, ["promote", "no-such-exp", "--params", str(params)])
     assert result.exit_code == 1 and "no run named 'no-such-exp'" in result.output
+
+
+def test_serve_loads_the_checkpoint_behind_a_model_uri(registry, monkeypatch):
+    from segpipe.serving.service import load_service
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry['root']}/mlflow.db")
+    promote("exp-b", "served", registry["client"], MODEL, MODEL)
+    service = load_service(f"models:/{MODEL}@served")
+    expected = load_checkpoint(registry["models"]["exp-b"] / "best.pt")["model"]
+    weights = service.predictor.model.state_dict()
+    assert service.source == f"models:/{MODEL}@served"
+    assert all(torch.equal(weights[key], value) for key, value in expected.items())
