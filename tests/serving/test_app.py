@@ -13,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from segpipe.inference.prediction import PredictOptions, predict_paths
+from segpipe.inference.tiling import Tiling
 from segpipe.serving.app import create_app
 from segpipe.serving.client import post_image
 from segpipe.serving.service import ModelService
@@ -62,8 +64,9 @@ def test_health_names_the_model_its_classes_and_colours(server):
 @pytest.mark.parametrize(
     ("fields", "options"),
     [
-        ({}, {"tile": 32, "overlap": 0.25}),  # auto: larger than the 32 px input, so tiled
-        ({"tile": "off"}, {}),
+        ({}, {}),  # auto: as predict without --tile, for a model trained on whole images
+        ({"tile": "on"}, {"tile": 32, "overlap": 0.25}),
+        ({"tile": "off", "tta": "true"}, {"tta": True}),
         ({"tile": "on", "tta": "true"}, {"tile": 32, "overlap": 0.25, "tta": True}),
     ],
 )
@@ -75,11 +78,17 @@ def test_predict_returns_the_mask_file_predict_writes(server, fields, options):
     assert body == predict_file(server, data, "photo", **options)
 
 
-def test_small_images_are_predicted_whole_by_default(server):
-    data = png_bytes(random_image(24, 30, seed=5))
-    status, headers, body = post_image(server["url"], data)
-    assert status == 200 and headers["x-segpipe-tiled"] == "false"
-    assert body == predict_file(server, data, "small")
+def test_patch_trained_models_are_tiled_by_default_when_larger_than_a_patch(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    contents = torch.load(checkpoint, weights_only=True)
+    contents["params"]["train"].update(sampling="patches", patch_size=16, patch_scale=1.0)
+    torch.save(contents, checkpoint)
+    service = ModelService(checkpoint)
+    assert service.describe()["tiles_by_default"] and service.tiling == Tiling(16, 0.25)
+    large, small = random_image(20, 30, seed=5), random_image(12, 16, seed=5)
+    assert service.predict(png_bytes(large), "large").tiled
+    assert not service.predict(png_bytes(small), "small").tiled
+    assert not service.predict(png_bytes(large), "large", tile="off").tiled
 
 
 def test_details_give_the_page_mask_colour_layer_and_shares(server):
@@ -166,8 +175,7 @@ def test_static_files_come_from_a_fixed_list_and_load_nothing_from_the_internet(
 
 def test_twenty_concurrent_requests_all_get_their_own_correct_mask(server):
     images = [png_bytes(random_image(30 + i % 7, 40 + i % 5, seed=100 + i)) for i in range(20)]
-    expected = [predict_file(server, data, f"load{i}", tile=32, overlap=0.25) if max(30 + i % 7, 40 + i % 5) > 32
-                else predict_file(server, data, f"load{i}") for i, data in enumerate(images)]
+    expected = [predict_file(server, data, f"load{i}") for i, data in enumerate(images)]
     with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(lambda data: post_image(server["url"], data), images))
     assert [status for status, _, _ in answers] == [200] * 20

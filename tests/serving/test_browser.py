@@ -79,12 +79,16 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
     image.write_bytes(png_bytes(random_image(48, 64, seed=7)))
     tab.set_input_files("#file", str(image))
     wait_for_result(tab)
-    assert tab.is_checked("#tile")  # 64 px is larger than the 32 px input: tiled by default
+    assert not tab.is_checked("#tile")  # a model trained on whole images: whole, as predict does
+    assert "whole image" in tab.inner_text("#timing")
+    tab.check("#tile")  # predicts again, in the model's 32 px windows
+    tab.wait_for_function("document.querySelector('#timing').textContent.includes('tiled')", timeout=60_000)
+    wait_for_result(tab)
     rows = tab.locator("#legend tbody tr").all_inner_texts()
     assert [row.split("\t")[0].strip() for row in rows] == ["background (not coloured)", "lesion"]
     shares = [float(row.split("\t")[1].rstrip("%")) for row in rows]
     assert sum(shares) == pytest.approx(100, abs=0.11)
-    assert "model" in tab.inner_text("#timing") and "tiled" in tab.inner_text("#timing")
+    assert "model" in tab.inner_text("#timing")
 
     tab.fill("#opacity", "80")
     assert tab.eval_on_selector("#layer", "layer => layer.style.opacity") == "0.8"

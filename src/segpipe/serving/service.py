@@ -20,7 +20,7 @@ from PIL import Image
 
 from segpipe.errors import SegpipeError
 from segpipe.inference.predictor import Predictor
-from segpipe.inference.single import decode_image, mask_png, predict_labels, window_tiling
+from segpipe.inference.single import checkpoint_tiling, decode_image, mask_png, predict_labels, window_tiling
 from segpipe.inference.tiling import Tiling
 from segpipe.models.checkpoint import load_model
 from segpipe.palette import class_colours
@@ -53,7 +53,11 @@ class ModelService:
     def __init__(self, checkpoint: Path, device: torch.device = torch.device("cpu"), source: str | None = None) -> None:
         loaded = load_model(checkpoint)
         self.predictor = Predictor.from_model(loaded.model, loaded.classes, loaded.image_size, device)
+        # Windows for "tile on"; `tiles_by_default` only for models trained on windows (patches):
+        # a model trained on whole letterboxed images sees objects far smaller than a window at
+        # native scale shows them, and predicts best (as `predict` does by default) whole.
         self.tiling: Tiling = window_tiling(loaded.params, loaded.image_size)
+        self.tiles_by_default = checkpoint_tiling(loaded.params) is not None
         self.source = source or str(checkpoint)
         self._lock = threading.Lock()
 
@@ -70,13 +74,15 @@ class ModelService:
             "image_size": self.predictor.image_size,
             "tile": self.tiling.tile,
             "overlap": self.tiling.overlap,
+            "tiles_by_default": self.tiles_by_default,
         }
 
     def predict(self, data: bytes, name: str, tile: TileMode = "auto", tta: bool = False) -> Prediction:
         """Predict the image in `data` (`name` only labels error messages).
 
         tile: "on" predicts in the model's windows (as `predict --tile`), "off" whole and
-        letterboxed, "auto" tiles images larger than the model's input size.
+        letterboxed, "auto" as `predict` does by default: in windows for patch-trained models
+        (when the image is larger than one), whole otherwise.
         Raises SegpipeError for data that is not a readable image, or a bad `tile`.
         """
         if tile not in TILE_MODES:
@@ -84,7 +90,8 @@ class ModelService:
         with self._lock:
             started = time.perf_counter()
             image = decode_image(data, name)
-            tiled = tile == "on" or (tile == "auto" and max(image.shape[:2]) > self.predictor.image_size)
+            larger = max(image.shape[:2]) > self.tiling.tile
+            tiled = tile == "on" or (tile == "auto" and self.tiles_by_default and larger)
             labels = predict_labels(self.predictor, image, self.tiling if tiled else None, tta=tta)
             png = mask_png(labels, len(self.classes))
             pixels = np.bincount(labels.ravel(), minlength=len(self.classes)).tolist()

@@ -11,8 +11,9 @@ async function loadModel() {
     const names = state.model.classes.map((c) => c.name).join(", ");
     $("model-info").textContent =
       `${state.model.model} · ${state.model.classes.length} classes (${names}) · ${state.model.image_size} px input`;
-    $("tile-help").textContent =
-      `(${state.model.tile} px windows blended smoothly; on by default for images larger than ${state.model.image_size} px)`;
+    $("tile-help").textContent = state.model.tiles_by_default
+      ? `(${state.model.tile} px windows at the image's own scale; on for images larger than one)`
+      : `(${state.model.tile} px windows at the image's own scale; off by default: this model learnt from whole images)`;
   } catch (error) {
     showStatus(`The server did not answer: ${error}`, "error");
   }
@@ -44,7 +45,10 @@ async function chooseFile(file) {
   $("layer").hidden = true;
   $("stage").dataset.state = "loading";
   const size = await showPhoto(file);
-  if (size && state.model) $("tile").checked = Math.max(size.width, size.height) > state.model.image_size;
+  if (state.model) {  // an image the browser cannot measure (TIFF) gets the model's default
+    const larger = !size || Math.max(size.width, size.height) > state.model.tile;
+    $("tile").checked = state.model.tiles_by_default && larger;
+  }
   await predict();
 }
 
