@@ -50,10 +50,10 @@ def test_not_an_image_is_named_in_the_error():
 def test_letterbox_trained_models_have_no_tiling_of_their_own():
     assert checkpoint_tiling({"train": {"image_size": 96}}) is None
     assert checkpoint_tiling({}) is None
-    assert window_tiling({"train": {}}, 96) == Tiling(96, 0.25)
+    assert window_tiling({"train": {}}, 96) == Tiling(96, 0.25, batch_size=8)
 
 
 def test_patch_trained_models_tile_in_patches_at_native_scale():
     params = {"train": {"sampling": "patches", "patch_size": 128, "patch_scale": 0.5}}
-    assert checkpoint_tiling(params) == Tiling(256, 0.25)
-    assert window_tiling(params, 96) == Tiling(256, 0.25)
+    assert checkpoint_tiling(params) == Tiling(256, 0.25, batch_size=8)
+    assert window_tiling(params, 96) == Tiling(256, 0.25, batch_size=8)

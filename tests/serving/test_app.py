@@ -84,7 +84,7 @@ def test_patch_trained_models_are_tiled_by_default_when_larger_than_a_patch(tmp_
     contents["params"]["train"].update(sampling="patches", patch_size=16, patch_scale=1.0)
     torch.save(contents, checkpoint)
     service = ModelService(checkpoint)
-    assert service.describe()["tiles_by_default"] and service.tiling == Tiling(16, 0.25)
+    assert service.describe()["tiles_by_default"] and service.tiling == Tiling(16, 0.25, batch_size=8)
     large, small = random_image(20, 30, seed=5), random_image(12, 16, seed=5)
     assert service.predict(png_bytes(large), "large").tiled
     assert not service.predict(png_bytes(small), "small").tiled

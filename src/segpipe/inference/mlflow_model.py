@@ -18,7 +18,14 @@ import pandas as pd
 
 from segpipe.errors import SegpipeError
 from segpipe.inference.predictor import Predictor
-from segpipe.inference.single import DEFAULT_OVERLAP, checkpoint_tiling, decode_image, mask_png, predict_labels
+from segpipe.inference.single import (
+    DEFAULT_OVERLAP,
+    TILE_BATCH,
+    checkpoint_tiling,
+    decode_image,
+    mask_png,
+    predict_labels,
+)
 from segpipe.inference.tiling import Tiling
 from segpipe.models.checkpoint import load_model
 
@@ -39,7 +46,9 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One mask PNG per row of `model_input[INPUT_COLUMN]`."""
         options = {**DEFAULT_PARAMS, **(params or {})}
-        tiling = self.default_tiling if not options["tile"] else Tiling(int(options["tile"]), float(options["overlap"]))
+        tiling = self.default_tiling
+        if options["tile"]:
+            tiling = Tiling(int(options["tile"]), float(options["overlap"]), batch_size=TILE_BATCH)
         images = _image_column(model_input)
         masks = []
         for index, data in enumerate(images):

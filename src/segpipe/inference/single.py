@@ -20,6 +20,9 @@ from segpipe.inference.tiling import Tiling, predict_tiled
 from segpipe.palette import output_mask
 
 DEFAULT_OVERLAP = 0.25  # `predict --overlap`'s default
+# Windows per forward pass, as `predict --batch-size`'s default: a different batch may round
+# differently, and the masks must be the bytes `predict` writes.
+TILE_BATCH = 8
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
@@ -51,9 +54,9 @@ def checkpoint_tiling(params: Mapping[str, Any]) -> Tiling | None:
     if train.get("sampling") != "patches" or "patch_size" not in train:
         return None
     scale = float(train.get("patch_scale", 1.0))
-    return Tiling(max(1, round(int(train["patch_size"]) / scale)), DEFAULT_OVERLAP)
+    return Tiling(max(1, round(int(train["patch_size"]) / scale)), DEFAULT_OVERLAP, batch_size=TILE_BATCH)
 
 
 def window_tiling(params: Mapping[str, Any], image_size: int) -> Tiling:
     """The windows to use when tiling is asked for: the checkpoint's own, else the model's input size."""
-    return checkpoint_tiling(params) or Tiling(image_size, DEFAULT_OVERLAP)
+    return checkpoint_tiling(params) or Tiling(image_size, DEFAULT_OVERLAP, batch_size=TILE_BATCH)
