@@ -166,6 +166,7 @@ def test_static_files_come_from_a_fixed_list_and_load_nothing_from_the_internet(
     for path in ("/", "/static/app.js", "/static/style.css"):
         with urllib.request.urlopen(server["url"] + path, timeout=30) as response:
             text = response.read().decode()
+            assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
         assert "http://" not in text and "https://" not in text and "//cdn" not in text
     for path in ("/static/..%2f..%2fapp.py", "/static/index.html.bak", "/static/%2e%2e%2fservice.py"):
         with pytest.raises(urllib.error.HTTPError) as error:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from segpipe.inference.prediction import PredictOptions, predict_paths
+from segpipe.palette import colour_overlay
 from segpipe.serving.app import create_app
 from segpipe.serving.service import ModelService
 from tests.helpers import png_bytes, random_image, running_server, tiny_checkpoint
@@ -56,9 +57,11 @@ def page(tmp_path_factory):
         try:
             context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 800})
             tab = context.new_page()
+            console_errors: list[str] = []  # a blocked script or style would show up here
+            tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
             tab.goto(url)
-            tab.wait_for_function("document.querySelector('#model-info').textContent.includes('classes')")
-            yield {"page": tab, "root": root, "checkpoint": checkpoint}
+            tab.wait_for_selector("#model-info:has-text('classes')")
+            yield {"page": tab, "root": root, "checkpoint": checkpoint, "console_errors": console_errors}
         finally:
             browser.close()
 
@@ -82,7 +85,7 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
     assert not tab.is_checked("#tile")  # a model trained on whole images: whole, as predict does
     assert "whole image" in tab.inner_text("#timing")
     tab.check("#tile")  # predicts again, in the model's 32 px windows
-    tab.wait_for_function("document.querySelector('#timing').textContent.includes('tiled')", timeout=60_000)
+    tab.wait_for_selector("#timing:has-text('tiled')", timeout=60_000)
     wait_for_result(tab)
     rows = tab.locator("#legend tbody tr").all_inner_texts()
     assert [row.split("\t")[0].strip() for row in rows] == ["background (not coloured)", "lesion"]
@@ -105,8 +108,12 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
     with tab.expect_download() as download:
         tab.click("#download-overlay")
     assert download.value.suggested_filename == "photo_overlay.png"
-    overlay = Image.open(download.value.path())
-    assert overlay.size == (64, 48)
+    overlay = np.asarray(Image.open(download.value.path()).convert("RGB")).astype(int)
+    photo = np.asarray(Image.open(image).convert("RGB"))
+    labels = (np.asarray(mask) > 0).astype(np.uint8)
+    # What `predict --overlay` draws, at the slider's 80% instead of its 50%.
+    assert np.abs(overlay - colour_overlay(photo, labels, 2, alpha=0.8)).max() <= 2
+    assert page["console_errors"] == []
 
 
 def test_pasted_screenshot_is_predicted_whole_when_small(page):
@@ -121,7 +128,7 @@ def test_pasted_screenshot_is_predicted_whole_when_small(page):
         }""",
         base64.b64encode(data).decode(),
     )
-    tab.wait_for_function("document.querySelector('#timing').textContent.includes('30 × 24')", timeout=60_000)
+    tab.wait_for_selector("#timing:has-text('30 × 24')", timeout=60_000)
     wait_for_result(tab)
     assert not tab.is_checked("#tile")
     assert "whole image" in tab.inner_text("#timing")

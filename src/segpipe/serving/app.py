@@ -31,6 +31,12 @@ from segpipe.serving.service import ModelService, Prediction, load_service
 
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 MAX_NAME_CHARS = 80  # of an upload's file name, quoted in error messages
+# The browser itself refuses to load anything but this server's own files (and the images the
+# page makes from the user's file and the answers).
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 # Body bytes past the upload limit read (and dropped) before answering 413; see BodyLimit.
 DRAIN_BYTES = 16 * 2**20
 # Open connections beyond this get 503 from uvicorn: each may hold up to one upload in memory.
@@ -45,14 +51,14 @@ def create_app(service: ModelService, max_upload_bytes: int) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
-        return HTMLResponse(page)
+        return HTMLResponse(page, headers=PAGE_HEADERS)
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
         if name not in assets:  # a fixed set of names: the request never becomes a path
             return JSONResponse({"detail": f"no static file {name[:MAX_NAME_CHARS]!r}"}, status_code=404)
         text, media_type = assets[name]
-        return Response(text, media_type=media_type)
+        return Response(text, media_type=media_type, headers=PAGE_HEADERS)
 
     @app.get("/health")
     def health() -> dict:
