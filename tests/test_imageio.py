@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from segpipe.errors import SegpipeError, Terminated, sigterm_unwinds
+from segpipe import errors
+from segpipe.errors import SegpipeError, Terminated, sigterm_held, sigterm_unwinds
 from segpipe.imageio import atomic_dir, atomic_write_text, broken_links, check_apart, remove_stale_temps
 from tests.helpers import dead_pid
 
@@ -137,3 +138,28 @@ def test_sigterm_unwinds_the_block_and_exits_143():
                 raise
     assert info.value.code == 128 + signal.SIGTERM and cleaned == [True]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_during_a_held_block_is_raised_when_the_block_ends():
+    finished = []
+    with pytest.raises(SystemExit):
+        with sigterm_unwinds():
+            with sigterm_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the handler notes the signal and the sleep carries on
+                finished.append(True)
+            finished.append(False)  # never reached: raised on leaving the held block
+    assert finished == [True]
+
+
+def test_a_swallowed_sigterm_is_raised_again(monkeypatch):
+    # A Terminated raised inside an at-fork hook or a __del__ is printed and dropped by Python.
+    monkeypatch.setattr(errors, "INSIST_AFTER", 0.2)
+    with pytest.raises(SystemExit):
+        with sigterm_unwinds():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except Terminated:
+                pass
+            time.sleep(10)  # cut short by the repeated signal

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, sigterm_held
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,13 +58,18 @@ def map_files(
         pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(parent,))
         try:
             chunksize = max(1, min(8, len(items) // (4 * workers)))
-            for outcome in pool.map(_attempt, [fn] * len(items), items, chunksize=chunksize):
+            # map submits every chunk, and so forks the workers, at once. A SIGTERM arriving during
+            # a fork would raise inside an at-fork hook, which swallows exceptions: hold it until
+            # the workers exist (it is then raised here, and they are stopped below).
+            with sigterm_held():
+                results = pool.map(_attempt, [fn] * len(items), items, chunksize=chunksize)
+            for outcome in results:
                 outcomes.append(outcome)
                 bar.update()
         except BaseException:
             # A worker may be stuck on one file, and whatever the workers write is about to be
             # thrown away with the caller's temporary folder: stop them now rather than wait.
-            pool.shutdown(wait=False, cancel_futures=True)
+            # (The pool's manager thread then sees them gone, and the shutdown below joins it.)
             for process in set(multiprocessing.active_children()) - before:
                 process.kill()
             raise
