@@ -24,12 +24,18 @@ def main(
     """Score the checkpoint at each validation image's own resolution, with the settings in evaluate.*."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
+    from segpipe.imageio import check_apart
     from segpipe.layout import validation_samples
     from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
 
-    config = load_params(params).evaluate
+    config = load_params(params)
     outputs = EvalOutputs(metrics=metrics, per_class=per_class, per_image=per_image, iou_plot=iou_plot, plots_dir=plots_dir)
-    result = evaluate(checkpoint, validation_samples(processed_dir, splits_dir), outputs, config, progress=not quiet)
+    check_apart(
+        {"--metrics": metrics, "--per-class": per_class, "--per-image": per_image, "--iou-plot": iou_plot, "--plots-dir": plots_dir},
+        {"CHECKPOINT": checkpoint, "PROCESSED_DIR": processed_dir, "SPLITS_DIR": splits_dir},
+    )
+    samples = validation_samples(processed_dir, splits_dir)
+    result = evaluate(checkpoint, samples, outputs, config.evaluate, classes=config.base.classes, progress=not quiet)
     miou = "n/a" if result["miou"] is None else f"{result['miou']:.4f}"
     typer.echo(f"evaluate: mIoU {miou} over {result['images']} images -> {metrics}")
     typer.echo(f"evaluate: {absent_report(result)}")

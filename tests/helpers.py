@@ -170,6 +170,13 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped), for temporaries of a killed run."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 @contextlib.contextmanager
 def running_server(app, timeout: float = 30) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
