@@ -197,3 +197,11 @@ def test_serve_loads_the_checkpoint_behind_a_model_uri(registry, monkeypatch):
     weights = service.predictor.model.state_dict()
     assert service.source == f"models:/{MODEL}@served"
     assert all(torch.equal(weights[key], value) for key, value in expected.items())
+
+
+def test_a_dead_tracking_server_is_checked_first_not_retried(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    models = trained_models_dir(tmp_path, "0" * 32)
+    # The short check's warning, not MLflow's failure after minutes of retries.
+    with pytest.warns(UserWarning, match="did not answer"):
+        assert publish_model(models, MODEL) is None

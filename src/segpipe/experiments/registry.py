@@ -59,6 +59,8 @@ def publish_model(models_dir: Path, model_name: str) -> str | None:
     if not run_id_file.is_file() or not checkpoint.is_file():
         return None  # tracking was off or training wrote no model: nothing to publish
     uri = tracking.tracking_uri()
+    if not tracking.server_answers(uri):  # MLflow would retry a dead server for minutes
+        return None
     try:
         with tracking.store_lock(uri):
             return register_checkpoint(checkpoint, run_id_file.read_text().strip(), model_name, uri)
