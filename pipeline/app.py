@@ -2,10 +2,10 @@
 
 import typer
 
-from pipeline import augment, compare, convert, evaluate, predict, sample, split, train
+from pipeline import augment, compare, convert, evaluate, predict, promote, sample, serve, split, train
 
 app = typer.Typer(
-    help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict and compare.",
+    help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict, compare, promote and serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -18,3 +18,5 @@ app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
 app.command("compare")(compare.main)
+app.command("promote")(promote.main)
+app.command("serve")(serve.main)

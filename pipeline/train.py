@@ -23,6 +23,7 @@ def main(
     """Train the model in model.* with the settings in train.*, tracked in MLflow."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
+    from segpipe.experiments.registry import publish_model
     from segpipe.imageio import check_apart
     from segpipe.layout import training_samples, validation_samples
     from segpipe.training.stage import TrainOutputs, train_stage
@@ -40,5 +41,8 @@ def main(
         outputs,
         progress=not quiet,
     )
-    if result:
+    if result:  # rank 0 only
         typer.echo(f"train: best val mIoU {result['best_val_miou']:.4f} at epoch {result['best_epoch']} -> {models_dir}")
+        version = publish_model(models_dir, config.base.experiment)
+        if version:
+            typer.echo(f"train: registered as MLflow model {config.base.experiment} version {version}")

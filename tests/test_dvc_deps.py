@@ -12,7 +12,7 @@ import yaml
 from tests.helpers import REPO
 
 # The pipeline's phases in order; top-level modules of segpipe are shared infrastructure.
-PHASES = ("prep", "data", "models", "training", "inference", "evaluation", "experiments")
+PHASES = ("prep", "data", "models", "training", "inference", "evaluation", "experiments", "serving")
 
 
 def module_file(name: str) -> Path | None:

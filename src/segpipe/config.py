@@ -145,6 +145,13 @@ class EvaluateSection(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
+class ServeSection(Section):
+    host: str = "127.0.0.1"  # loopback: this machine only
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_upload_mb: float = Field(default=20.0, gt=0.0)  # larger request bodies get 413
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
 class Params(Section):
     base: BaseSection = BaseSection()
     data: DataSection = DataSection()
@@ -153,6 +160,7 @@ class Params(Section):
     model: ModelSection = ModelSection()
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
+    serve: ServeSection = ServeSection()
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:

@@ -48,6 +48,9 @@ def _open_checked(source: Path | bytes, name: str) -> Image.Image:
         raise SegpipeError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except FileNotFoundError as exc:
         raise SegpipeError(f"{name}: image file not found") from exc
+    except Image.UnidentifiedImageError:
+        # Pillow's own message names an in-memory buffer object, which tells a person nothing.
+        raise SegpipeError(f"{name}: not an image (no format Pillow reads); send a JPEG, PNG, BMP or TIFF file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SegpipeError(f"{name}: cannot read image ({exc}); is the file truncated or not an image?") from exc
     return image

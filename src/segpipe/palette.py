@@ -44,12 +44,17 @@ def output_mask(labels: np.ndarray, num_classes: int) -> Image.Image:
     return mask_image(labels)
 
 
-def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """(H, W, 3) uint8: the image with every non-background pixel blended towards its class colour."""
-    palette = np.array(voc_palette(), dtype=np.float32).reshape(-1, 3)
+def class_colours(num_classes: int) -> np.ndarray:
+    """(256, 3) uint8: the overlay colour of each class id (VOC colours; bright red for 2 classes)."""
+    palette = np.array(voc_palette(), dtype=np.uint8).reshape(-1, 3)
     if num_classes == 2:
         palette[1] = BINARY_COLOUR
-    colours = palette[labels]  # (H, W, 3)
+    return palette
+
+
+def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """(H, W, 3) uint8: the image with every non-background pixel blended towards its class colour."""
+    colours = class_colours(num_classes).astype(np.float32)[labels]  # (H, W, 3)
     blended = image.astype(np.float32)
     foreground = labels > 0
     blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]

@@ -75,6 +75,15 @@ def test_compare_prints_a_verdict(project: Path):
     assert verdict.startswith("**") and (" better by " in verdict or "no detectable difference" in verdict)
 
 
+def test_each_run_registered_its_model_and_promote_points_an_alias_at_one(project: Path):
+    out = run([sys.executable, "-m", "pipeline", "promote", "enhanced", "--alias", "champion"], project)
+    assert "is now models:/segpipe@champion" in out
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    versions = client.search_model_versions("name = 'segpipe'")
+    assert sorted(v.tags.get("dvc.exp_name") for v in versions) == ["baseline", "enhanced"]
+    assert client.get_model_version_by_alias("segpipe", "champion").tags["dvc.exp_name"] == "enhanced"
+
+
 def test_queued_seeds_run_in_parallel_and_log_to_the_project_database(project: Path):
     run(["dvc", "exp", "run", "--queue", "-S", "base.seed=1,2", "-S", "model.cbam=true"], project)
     run(["dvc", "queue", "start", "-j", "2"], project)
@@ -83,6 +92,7 @@ def test_queued_seeds_run_in_parallel_and_log_to_the_project_database(project: P
     experiment = client.get_experiment_by_name("segpipe")
     seeds = {r.data.params["base.seed"] for r in client.search_runs([experiment.experiment_id])}
     assert {"1", "2"} <= seeds
+    assert len(client.search_model_versions("name = 'segpipe'")) == 4  # both parallel runs published too
     # The queued runs ran in copies of the repo under .dvc/tmp/exps, yet logged here, finished.
     out = run([sys.executable, "-m", "pipeline", "compare", "baseline", "filter:params.`base.seed` != '42'"], project)
     assert "B: 2 run(s)" in out

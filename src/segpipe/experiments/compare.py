@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +30,7 @@ import pandas as pd
 
 from segpipe.experiments.bootstrap import BootstrapResult, paired_bootstrap, verdict
 from segpipe.errors import SegpipeError
-from segpipe.experiments.runs import display_name, experiment_id, resolve_runs
+from segpipe.experiments.runs import display_name, experiment_id, no_progress_bar, resolve_runs
 from segpipe.tracking import PER_IMAGE_ARTIFACT
 
 if TYPE_CHECKING:
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 METRICS = ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy")
-_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 # --- per-image scores -------------------------------------------------------------------------
@@ -80,7 +77,7 @@ def per_image_scores(
 def _read_per_image(run: Run, tracking_uri: str | None, artifact_path: str) -> pd.DataFrame:
     import mlflow
 
-    with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
+    with tempfile.TemporaryDirectory() as folder, no_progress_bar():
         try:
             local = mlflow.artifacts.download_artifacts(
                 run_id=run.info.run_id, artifact_path=artifact_path, dst_path=folder, tracking_uri=tracking_uri
@@ -97,20 +94,6 @@ def _read_per_image(run: Run, tracking_uri: str | None, artifact_path: str) -> p
     if duplicated:
         raise SegpipeError(f"{artifact_path} of run {_label(run)} repeats image ids {duplicated[:5]}: re-run evaluate")
     return table.set_index("id")
-
-
-@contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """Silence MLflow's download bar for a moment: one bar per run would bury the report on stderr."""
-    previous = os.environ.get(_PROGRESS_ENV)
-    os.environ[_PROGRESS_ENV] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(_PROGRESS_ENV, None)
-        else:
-            os.environ[_PROGRESS_ENV] = previous
 
 
 def _label(run: Run) -> str:

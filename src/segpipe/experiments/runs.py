@@ -6,8 +6,11 @@ The train stage names each MLflow run after its DVC experiment and tags it `dvc.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from segpipe.errors import SegpipeError
@@ -21,11 +24,26 @@ EXP_NAME_TAG = "dvc.exp_name"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 _FINISHED = "attributes.status = 'FINISHED'"
 _MAX_RESULTS = 50000  # the SQL store's cap for one search page
+_PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def display_name(run: Run) -> str | None:
     """What a researcher calls a run: its DVC experiment name, else its MLflow run name."""
     return run.data.tags.get(EXP_NAME_TAG) or run.info.run_name or None
+
+
+@contextmanager
+def no_progress_bar() -> Iterator[None]:
+    """Silence MLflow's artifact progress bars for a moment: one bar per download would bury a report."""
+    previous = os.environ.get(_PROGRESS_ENV)
+    os.environ[_PROGRESS_ENV] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_PROGRESS_ENV, None)
+        else:
+            os.environ[_PROGRESS_ENV] = previous
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

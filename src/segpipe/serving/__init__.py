@@ -1,0 +1,1 @@
+"""serving: the web page and HTTP API that answer with the masks `predict` writes."""
