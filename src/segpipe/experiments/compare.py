@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-METRICS = ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy")
+METRICS = ("miou", "mpa", "mprecision", "mdice", "accuracy")
 _PROGRESS_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
