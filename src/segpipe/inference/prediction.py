@@ -76,7 +76,7 @@ def predict_paths(
         out_dir: where the outputs go; must not be a folder that holds an input.
         options: how to predict and what to write besides the masks.
         device: where the model runs.
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
     Raises:
         SegpipeError for bad arguments (nothing matched, out_dir holds inputs, two inputs with
         one stem); unreadable images are only reported in the returned report.
@@ -89,7 +89,7 @@ def predict_paths(
     predictor = Predictor(checkpoint, device)
     report = PredictReport()
     batch = 1 if options.tile else options.batch_size
-    with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
         for chunk in _chunks(images, batch):
             loaded = _read_all(chunk, report)
             try:
