@@ -1,4 +1,4 @@
-"""The `python -m pipeline` command group: one sub-command per stage."""
+"""The `python -m pipeline` command group (the `segpipe` command once installed): one sub-command per stage."""
 
 import typer
 
@@ -18,3 +18,8 @@ app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
 app.command("compare")(compare.main)
+
+
+def main() -> None:
+    """The `segpipe` console script of a pip-installed project: the same commands as `python -m pipeline`."""
+    app(prog_name="segpipe")
