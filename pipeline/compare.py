@@ -43,10 +43,14 @@ def main(
 
     from segpipe.experiments.compare import compare, plot_comparison
     from segpipe.config import load_params
-    from segpipe.tracking import tracking_uri as default_tracking_uri
+    from segpipe.errors import SegpipeError
+    from segpipe.tracking import reachable, tracking_uri as default_tracking_uri
 
     experiment = experiment or load_params(params).base.experiment
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    if not reachable(uri):  # else MLflow retries for minutes before it gives up
+        raise SegpipeError(f"the MLflow tracking server {uri} does not answer; start it, or pass another --tracking-uri")
+    client = MlflowClient(tracking_uri=uri)
     # --classes lesion --classes other and --classes lesion,other mean the same.
     chosen = [name.strip() for value in classes or [] for name in value.split(",") if name.strip()]
     report = compare(

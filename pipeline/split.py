@@ -17,8 +17,8 @@ def main(
     """Split the converted ids into train.txt and val.txt (hold-out by split.val_fraction, or k-fold)."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
-    from segpipe.prep.split import write_split
+    from segpipe.prep.split import describe, write_split
 
     config = load_params(params)
     split = write_split(processed_dir, splits_dir, config.split, config.split.seed)
-    typer.echo(f"split: {len(split.train)} train, {len(split.val)} val -> {splits_dir}")
+    typer.echo(f"split: {describe(split, config.split)} -> {splits_dir}")

@@ -25,10 +25,15 @@ def main(
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
     from segpipe import tracking
+    from segpipe.imageio import check_apart
     from segpipe.layout import training_samples, validation_samples
     from segpipe.training.stage import TrainOutputs, train_stage
 
     config = load_params(params)
+    check_apart(
+        {"MODELS_DIR": models_dir, "--metrics": metrics, "--info": info, "--history": history, "--plots-dir": plots_dir},
+        {"PROCESSED_DIR": processed_dir, "SPLITS_DIR": splits_dir, "AUGMENTED_DIR": augmented_dir},
+    )
     outputs = TrainOutputs(models_dir=models_dir, metrics=metrics, info=info, history=history, plots_dir=plots_dir)
     report = train_stage(
         config,

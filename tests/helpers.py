@@ -163,3 +163,10 @@ class PixelwiseModel(nn.Module):
 
 def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped), for temporaries of a killed run."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

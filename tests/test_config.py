@@ -48,8 +48,33 @@ def test_fold_must_be_below_folds():
 
 
 def test_mask_colors_must_name_known_classes():
-    with pytest.raises(SegpipeError, match=r"\['tumour'\]"):
-        parse_params({"data": {"mask_colors": {"tumour": 255}}})
+    with pytest.raises(SegpipeError, match=r"params.yaml: data\.mask_colors\.tumour: 'tumour' is not in base\.classes"):
+        parse_params({"data": {"format": "masks", "mask_colors": {"tumour": 255}}})
+
+
+def test_mask_colors_are_not_checked_for_labelme_files():
+    # "Bring your own data" with labelme: new classes, mask_colors left at the sample's values.
+    params = parse_params({"base": {"classes": ["background", "building"]}, "data": {"format": "labelme"}})
+    assert params.base.classes == ("background", "building")
+    with pytest.raises(SegpipeError, match=r"'lesion' is not in base\.classes"):
+        parse_params({"base": {"classes": ["background", "building"]}, "data": {"format": "masks"}})
+
+
+def test_mask_colour_errors_name_the_params_file_that_was_passed(tmp_path: Path):
+    path = tmp_path / "aerial.yaml"
+    path.write_text("data:\n  format: masks\n  mask_colors: {background: 0, lesion: '#000000'}\n")
+    with pytest.raises(SegpipeError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: data.mask_colors.lesion: value '#000000' is also given to 'background'")
+    assert "params.yaml" not in message and "Value error" not in message
+
+
+def test_params_nested_thousands_of_levels_deep_are_a_named_error(tmp_path: Path):
+    path = tmp_path / "deep.yaml"
+    path.write_text("base: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SegpipeError, match=r"deep\.yaml: nested too deeply"):
+        load_params(path)
 
 
 def test_duplicate_class_names_rejected():

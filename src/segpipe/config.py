@@ -8,6 +8,8 @@ are errors that name the file and the key (`params.yaml: augment.copies: ...`).
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -161,18 +163,48 @@ class Params(Section):
         return dict(self._spelling)
 
     @model_validator(mode="after")
-    def _mask_colors_name_classes(self) -> Params:
-        unknown = sorted(set(self.data.mask_colors) - set(self.base.classes))
-        if unknown:
-            raise ValueError(
-                f"data.mask_colors names {unknown}, which are not in base.classes {list(self.base.classes)}"
-            )
+    def _sections_agree(self) -> Params:
+        # mask_colors only means something for image/mask folders; labelme files carry class names.
+        if self.data.format == "masks":
+            mask_color_keys(self.data.mask_colors, self.base.classes)
         weights = self.train.class_weights
         if weights and len(weights) != len(self.base.classes):
             raise ValueError(
                 f"train.class_weights has {len(weights)} values but base.classes has {len(self.base.classes)}"
             )
         return self
+
+
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def mask_color_keys(mask_colors: Mapping[str, int | str], classes: Sequence[str]) -> tuple[bool, dict[int, str]]:
+    """data.mask_colors checked against base.classes: (gray, {key: class name}).
+
+    `gray` is True when every value is an integer (masks compared as gray levels); otherwise keys
+    are colours packed as 0xRRGGBB, an integer v standing for the gray colour (v, v, v). Raises
+    ValueError naming the key for an unknown class, a malformed value, or a value given twice.
+    """
+    if not mask_colors:
+        raise ValueError("data.mask_colors is empty; map each class to its mask value, e.g. {background: 0, lesion: 255}")
+    gray = all(isinstance(v, int) and not isinstance(v, bool) for v in mask_colors.values())
+    by_key: dict[int, str] = {}
+    for name, value in mask_colors.items():
+        where = f"data.mask_colors.{name}"
+        if name not in classes:
+            raise ValueError(f"{where}: {name!r} is not in base.classes {list(classes)}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not 0 <= value <= 255:
+                raise ValueError(f"{where}: gray value {value} is outside 0-255")
+            key = value if gray else value * 0x010101
+        elif isinstance(value, str) and _HEX.fullmatch(value):
+            key = int(value[1:], 16)
+        else:
+            raise ValueError(f"{where}: expected a gray value 0-255 or a colour '#RRGGBB', got {value!r}")
+        if key in by_key:
+            raise ValueError(f"{where}: value {value!r} is also given to {by_key[key]!r}; each class needs its own value")
+        by_key[key] = name
+    return gray, by_key
 
 
 def _describe(error: ValidationError, source: str) -> str:
@@ -185,7 +217,8 @@ def _describe(error: ValidationError, source: str) -> str:
             where = f"{key}: " if key else ""
             shown = item["type"] != "missing" and not isinstance(item["input"], dict)
             value = f" (got {item['input']!r})" if shown else ""
-            lines.append(f"{source}: {where}{item['msg']}{value}")
+            message = item["msg"].removeprefix("Value error, ")  # pydantic's prefix for our own checks
+            lines.append(f"{source}: {where}{message}{value}")
     return "\n".join(lines)
 
 
@@ -202,6 +235,8 @@ def parse_params(data: object, source: str = "params.yaml") -> Params:
         raise SegpipeError(_describe(exc, source)) from None
     except TypeError as exc:  # a value JSON cannot hold, e.g. a YAML date
         raise SegpipeError(f"{source}: unsupported value ({exc})") from None
+    except RecursionError:
+        raise SegpipeError(f"{source}: nested too deeply to read (thousands of levels); params are two or three levels deep") from None
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
@@ -215,6 +250,8 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SegpipeError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise SegpipeError(f"{path}: nested too deeply to read (thousands of levels); params are two or three levels deep") from None
     params = parse_params(data, str(path))
     params._spelling = yaml_spelling(yaml.compose(text), text)
     return params

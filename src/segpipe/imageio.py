@@ -2,24 +2,28 @@
 
 Every stage reads pictures through `read_image` (EXIF orientation applied, truncated files and
 decompression bombs refused with the file's name) and publishes its output folder through
-`atomic_dir`, so a failed run leaves the previous output untouched.
+`atomic_dir`, so a failed run leaves the previous output untouched. `check_apart` refuses an output
+folder that is, holds or lies inside an input before anything is written, and the temporary files
+of a killed run (named after its process id) are cleared by the next one (`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import io
 import os
+import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, sigterm_unwinds
 from segpipe.palette import mask_image
 
 IGNORE_INDEX = 255
@@ -84,27 +88,145 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def broken_links(paths: Iterable[Path]) -> list[str]:
+    """One problem line per symlink among `paths` that leads to no file (dangling or looping)."""
+    problems = []
+    for path in paths:
+        if path.is_symlink() and not path.exists():
+            problems.append(
+                f"{path}: a symlink to {os.readlink(path)}, which does not exist (or links back to itself); "
+                "restore its target or remove the link"
+            )
+    return problems
+
+
+def check_apart(outputs: Mapping[str, Path], inputs: Mapping[str, Path] | Iterable[tuple[str, Path]]) -> None:
+    """Refuse an output that is an input, holds one or lies inside one (symlinks resolved).
+
+    Call it before anything is written: publishing such an output folder would delete or
+    overwrite the inputs, and a file written into an input folder would be read as input next time.
+    `outputs` and `inputs` map how the user named each path (an argument or option) to the path;
+    `inputs` may also be (name, path) pairs, for several paths under one name.
+    """
+    pairs = list(inputs.items() if isinstance(inputs, Mapping) else inputs)
+    for out_name, out in outputs.items():
+        target = Path(out).resolve()
+        for in_name, source in pairs:
+            source_path = Path(source).resolve()
+            if target == source_path:
+                relation = "is"
+            elif target in source_path.parents:
+                relation = "contains"
+            elif source_path in target.parents:
+                relation = "lies inside"
+            else:
+                continue
+            raise SegpipeError(
+                f"the output {out} ({out_name}) {relation} the input {source} ({in_name}): writing there "
+                f"could delete or overwrite the input; choose an output path that neither is, holds nor "
+                f"lies inside {source}"
+            )
+
+
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, owned: Sequence[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
 
-    On any error the temporary folder is removed and `target` is left exactly as it was, so an output
-    folder is always either the complete new result or the complete old one.
+    On any error (SIGTERM included) the temporary folder is removed and `target` is left exactly as
+    it was, so an output folder is always either the complete new result or the complete old one.
+    Temporary folders of killed runs beside `target` are cleared first.
+
+    Args:
+        target: the folder to publish.
+        owned: glob patterns of every name the caller writes into `target`; an existing `target`
+            holding anything else is refused rather than replaced, so nothing but the caller's own
+            earlier output is ever deleted. None: no such check.
     """
     target = Path(target)
+    _check_replaceable(target, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
+    remove_stale_temps(target.parent, target.name)
+    with sigterm_unwinds():
+        # The process id in the name tells a later run whether its owner is still alive.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_replaceable(target: Path, owned: Sequence[str] | None) -> None:
+    """Refuse to replace a file, the working folder (or one holding it), or a folder of foreign files."""
+    resolved, here = target.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise SegpipeError(f"{target}: is (or holds) the current folder, which writing this output would replace; name a subfolder")
+    if target.exists() and not target.is_dir():
+        raise SegpipeError(f"{target}: is a file, not an output folder; name a folder (this one would be replaced)")
+    if owned is None or not target.is_dir():
+        return
+    foreign = sorted(p.name for p in target.iterdir() if not any(fnmatch.fnmatch(p.name, g) for g in owned))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise SegpipeError(
+            f"{target}: holds {shown}, which this command did not write; the folder is replaced whole, "
+            "so name a new or empty folder (or move those files away first)"
+        )
+
+
+# `.NAME.tmp-PID` (atomic_write), `.NAME.tmp-PID-XXXX` and `.NAME.old-PID` (atomic_dir).
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-[^/]*)?")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one of another user counts)."""
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:  # e.g. an id out of range: no such process
+        return False
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Clear what `atomic_write` and `atomic_dir` left in `folder` when their process was killed.
+
+    Temporary files and folders whose owning process is gone are deleted; an `.NAME.old-PID`
+    folder (the previous output, moved aside the instant before a killed run would have
+    published) is put back as NAME when NAME is missing. Entries of live processes are left alone.
+
+    Args:
+        folder: where to look.
+        name: only the temporaries of this output name; None: of every name.
+    Returns:
+        The paths removed or restored.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    cleared = []
+    for entry in sorted(folder.iterdir()):
+        match = _TEMP_NAME.fullmatch(entry.name)
+        if match is None or (name is not None and match["name"] != name) or pid_alive(int(match["pid"])):
+            continue
+        final = folder / match["name"]
+        if match["kind"] == "old" and not final.exists():
+            os.replace(entry, final)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        cleared.append(entry)
+    return cleared
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -17,6 +18,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -148,11 +152,12 @@ class Tracker:
     """One MLflow run; every call is a no-op after the first failure (or when disabled)."""
 
     def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.uri = tracking_uri()
         self._mlflow = None
+        # MLflow retries a dead server for minutes before it fails; a short check fails over in seconds.
+        self.enabled = enabled and server_answers(self.uri)
 
     def _guard(self, what: str, call) -> Any:
         if not self.enabled:
@@ -244,6 +249,65 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         self._guard("end", lambda: self._mlflow.end_run(status=status))
+
+    def mark_killed(self, run_id: str) -> bool:
+        """End `run_id` as KILLED if it is still RUNNING; returns whether it was.
+
+        Call it when the next run of the same stage starts: a run still RUNNING then is one whose
+        process was killed (SIGKILL, power loss) before it could end the run. A run id this store
+        does not know is left alone.
+        """
+
+        def mark() -> bool:
+            from mlflow.exceptions import MlflowException
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.uri)
+            try:
+                status = client.get_run(run_id).info.status
+            except MlflowException:  # not a run of this store (another tracking URI, a deleted run)
+                return False
+            if status != "RUNNING":
+                return False
+            client.set_terminated(run_id, status="KILLED")
+            log.info("MLflow run %s was left RUNNING by a killed process; marked KILLED", run_id)
+            return True
+
+        return bool(self._guard("mark_killed", mark))
+
+
+# Seconds a tracking server gets to answer before a stage goes on without tracking.
+CONNECT_TIMEOUT = 3.0
+
+
+def reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether the tracking server at an http(s) URI answers within `timeout` seconds.
+
+    Any HTTP answer counts (MLflow serves /health; an error status still means a live server).
+    Other stores (SQLite, files, Databricks) have no server to check here: True.
+    """
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return True
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError, http.client.HTTPException):  # refused, timed out, unresolvable, not HTTP
+        return False
+
+
+def server_answers(uri: str, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """`reachable`, with one warning when it is not: the stage then runs without tracking."""
+    if reachable(uri, timeout):
+        return True
+    warnings.warn(
+        f"the MLflow tracking server {uri} did not answer within {timeout:g} s; going on without tracking "
+        "(start the server, or unset MLFLOW_TRACKING_URI to use the project's mlflow.db)",
+        stacklevel=3,
+    )
+    return False
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

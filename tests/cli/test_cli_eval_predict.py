@@ -81,5 +81,5 @@ def test_predict_refuses_to_write_into_the_input_folder(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     result = runner.invoke(app, ["predict", str(checkpoint), str(tmp_path / "in" / "*.png"), "--out", str(tmp_path / "in"), "-q"])
     assert result.exit_code == 1
-    assert "folder of input images" in result.output
+    assert "(--out) contains the input" in result.output
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.png"]

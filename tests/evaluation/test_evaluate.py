@@ -16,6 +16,7 @@ from torch import nn
 from segpipe.models import checkpoint as checkpoint_module
 from segpipe.layout import Sample
 from segpipe.config import EvaluateSection
+from segpipe.errors import SegpipeError
 from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
 from segpipe.imageio import write_mask
 from segpipe.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE
@@ -188,3 +189,19 @@ def test_mlflow_failure_is_a_warning_and_the_files_are_still_written(hand_case, 
     with pytest.warns(UserWarning, match="MLflow reopen failed"):
         report = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     assert math.isclose(json.loads(out.metrics.read_text())["miou"], report.metrics["miou"])
+
+
+def test_a_checkpoint_trained_on_other_classes_is_refused_before_anything_is_written(hand_case, tmp_path):
+    checkpoint, samples, out = hand_case
+    with pytest.raises(SegpipeError) as info:
+        evaluate(checkpoint, samples, out, EvaluateSection(device="cpu"), classes=("background", "lesion"), progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{checkpoint}: the model was trained on classes ['background', 'lesion', 'other']")
+    assert "but base.classes is ['background', 'lesion']" in message
+    assert not (tmp_path / "m").exists() and not (tmp_path / "plots").exists()
+
+
+def test_matching_classes_pass(hand_case):
+    checkpoint, samples, out = hand_case
+    report = evaluate(checkpoint, samples, out, EvaluateSection(device="cpu"), classes=tuple(CLASSES), progress=False)
+    assert report.info["images"] == 2

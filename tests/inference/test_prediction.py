@@ -116,7 +116,7 @@ def test_unreadable_file_is_reported_and_the_rest_predicted(tmp_path):
 
 def test_output_folder_holding_the_inputs_is_refused(tmp_path):
     image = save_image(tmp_path / "in" / "a.png", 20, 20)
-    with pytest.raises(SegpipeError, match="folder of input images"):
+    with pytest.raises(SegpipeError, match=r"\(--out\) contains the input .*a\.png"):
         predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(image)], tmp_path / "in" / ".." / "in", progress=False)
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]
 
@@ -148,3 +148,45 @@ def test_predict_uses_the_checkpoint_preprocessing(tmp_path):
     image = np.asarray(Image.open(image_path))
     expected = Predictor(checkpoint).predict_probs(image).argmax(0).numpy()
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "p.png")) == 255, expected == 1)
+
+
+def test_an_input_named_like_another_inputs_overlay_is_refused_naming_both(tmp_path):
+    # a.jpg writes a.png and a_overlay.png; a_overlay.jpg writes a_overlay.png too.
+    first = save_image(tmp_path / "in" / "a.jpg", 20, 20)
+    second = save_image(tmp_path / "in" / "a_overlay.jpg", 20, 20)
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    with pytest.raises(SegpipeError, match=rf"{first} and {second} would both write {tmp_path / 'out' / 'a_overlay.png'}"):
+        predict_paths(checkpoint, [str(tmp_path / "in")], tmp_path / "out", PredictOptions(overlay=True), progress=False)
+    assert not (tmp_path / "out").exists()
+    report = predict_paths(checkpoint, [str(tmp_path / "in")], tmp_path / "out", progress=False)  # masks alone: no clash
+    assert sorted(p.name for p in report.written) == ["a.png", "a_overlay.png"]
+
+
+def test_names_differing_only_in_case_are_refused(tmp_path):
+    # One file on macOS and Windows.
+    save_image(tmp_path / "in" / "Scan.jpg", 20, 20)
+    save_image(tmp_path / "in" / "scan.png", 20, 20)
+    with pytest.raises(SegpipeError, match=r"Scan\.jpg and .*scan\.png would both write"):
+        predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(tmp_path / "in")], tmp_path / "out", progress=False)
+
+
+def test_an_image_named_twice_is_predicted_once(tmp_path):
+    image = save_image(tmp_path / "in" / "a.png", 20, 20)
+    report = predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(tmp_path / "in"), str(image)], tmp_path / "out", progress=False)
+    assert [p.name for p in report.written] == ["a.png"]
+
+
+def test_out_naming_an_existing_file_is_a_named_error(tmp_path):
+    image = save_image(tmp_path / "in" / "a.png", 20, 20)
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SegpipeError, match=r"--out .*notes\.txt is a file; name a folder"):
+        predict_paths(tiny_checkpoint(tmp_path / "best.pt"), [str(image)], tmp_path / "notes.txt", progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_an_unreadable_checkpoint_fails_before_the_output_folder_is_created(tmp_path):
+    image = save_image(tmp_path / "in" / "a.png", 20, 20)
+    (tmp_path / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SegpipeError, match=r"best\.pt: not a readable segpipe checkpoint"):
+        predict_paths(tmp_path / "best.pt", [str(image)], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

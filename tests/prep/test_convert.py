@@ -90,9 +90,10 @@ def test_rgb_png_is_copied_byte_for_byte(tmp_path):
 
 
 def test_gray_image_is_written_as_rgb_png(tmp_path):
-    Image.new("L", (4, 3), 77).save(tmp_path / "g.bmp")
-    (tmp_path / "g.json").write_text(json.dumps({"shapes": [], "imagePath": "g.bmp", "imageData": None}))
-    run(tmp_path, tmp_path, out="o")
+    (tmp_path / "in").mkdir()
+    Image.new("L", (4, 3), 77).save(tmp_path / "in" / "g.bmp")
+    (tmp_path / "in" / "g.json").write_text(json.dumps({"shapes": [], "imagePath": "g.bmp", "imageData": None}))
+    run(tmp_path / "in", tmp_path, out="o")
     with Image.open(tmp_path / "o" / "images" / "g.png") as image:
         assert image.mode == "RGB" and image.getpixel((0, 0)) == (77, 77, 77)
 
@@ -111,13 +112,15 @@ def test_jpeg_without_rotation_is_copied_and_exif_rotated_jpeg_is_rotated(tmp_pa
     exif[0x0112] = 6  # shown rotated 90 degrees clockwise
     pixels = np.zeros((4, 8, 3), np.uint8)
     pixels[:, :4] = 255
-    Image.fromarray(pixels).save(tmp_path / "r.jpg", exif=exif, quality=95)
-    Image.fromarray(pixels).save(tmp_path / "s.jpg", quality=95)
+    source = tmp_path / "in"
+    source.mkdir()
+    Image.fromarray(pixels).save(source / "r.jpg", exif=exif, quality=95)
+    Image.fromarray(pixels).save(source / "s.jpg", quality=95)
     for stem, (w, h) in (("r", (4, 8)), ("s", (8, 4))):
-        (tmp_path / f"{stem}.json").write_text(json.dumps(
+        (source / f"{stem}.json").write_text(json.dumps(
             {"shapes": [], "imagePath": f"{stem}.jpg", "imageData": None, "imageWidth": w, "imageHeight": h}))
-    run(tmp_path, tmp_path, out="o")
-    assert (tmp_path / "o" / "images" / "s.jpg").read_bytes() == (tmp_path / "s.jpg").read_bytes()
+    run(source, tmp_path, out="o")
+    assert (tmp_path / "o" / "images" / "s.jpg").read_bytes() == (source / "s.jpg").read_bytes()
     with Image.open(tmp_path / "o" / "images" / "r.png") as rotated:
         assert rotated.size == (4, 8)
         assert rotated.getpixel((0, 0))[0] > 200 and rotated.getpixel((0, 7))[0] < 50  # white half on top
@@ -142,22 +145,23 @@ def test_a_bad_file_leaves_out_dir_and_metrics_untouched(tmp_path):
     write_labelme(tmp_path / "in" / "bad.json", [rect(1, 1, 2, 2, "tumour")])
     out = tmp_path / "out"
     out.mkdir()
-    (out / "marker.txt").write_text("previous run")
+    (out / "manifest.csv").write_text("previous run")
     with pytest.raises(SegpipeError, match=r"bad\.json: labels \['tumour'\]"):
         run(tmp_path / "in", tmp_path)
-    assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
-    assert (out / "marker.txt").read_text() == "previous run"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv"]
+    assert (out / "manifest.csv").read_text() == "previous run"
     assert not (tmp_path / "out.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no temporary folder left
 
 
 def test_every_bad_file_is_listed_in_one_error(tmp_path):
-    write_labelme(tmp_path / "a.json", [rect(1, 1, 2, 2, "tumour")])
-    (tmp_path / "b.json").write_text("{")
-    write_labelme(tmp_path / "c.json", [rect(3, 3, 3, 3)])
-    write_labelme(tmp_path / "d.json", [rect(1, 1, 2, 2)])
+    source = tmp_path / "in"
+    write_labelme(source / "a.json", [rect(1, 1, 2, 2, "tumour")])
+    (source / "b.json").write_text("{")
+    write_labelme(source / "c.json", [rect(3, 3, 3, 3)])
+    write_labelme(source / "d.json", [rect(1, 1, 2, 2)])
     with pytest.raises(SegpipeError) as info:
-        run(tmp_path, tmp_path, out="o")
+        run(source, tmp_path, out="o")
     lines = str(info.value).splitlines()
     assert lines[0] == "3 problem(s) in the input (4 items):"
     assert "a.json: labels ['tumour']" in lines[1] and "b.json: not valid JSON" in lines[2]
@@ -238,3 +242,37 @@ def test_missing_masks_and_images_are_named_together_with_bad_sizes(tmp_path):
     message = str(info.value)
     assert "b.jpg: no mask found" in message and "orphan.png: mask without an image" in message
     assert "a.png: the mask is 3x2 but its image a.jpg is 2x2" in message
+
+
+def test_dangling_and_looping_json_symlinks_are_named_not_dropped(tmp_path):
+    source = tiny_set(tmp_path / "in")
+    (source / "moved.json").symlink_to(tmp_path / "elsewhere" / "moved.json")
+    (source / "loop.json").symlink_to(source / "loop.json")
+    with pytest.raises(SegpipeError) as info:
+        run(source, tmp_path)
+    message = str(info.value)
+    assert "2 problem(s) in the input" in message
+    assert f"{source / 'moved.json'}: a symlink to {tmp_path / 'elsewhere' / 'moved.json'}, which does not exist" in message
+    assert f"{source / 'loop.json'}: a symlink" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_broken_json_symlinks_names_them(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.json").symlink_to(tmp_path / "gone.json")
+    with pytest.raises(SegpipeError, match=r"(?s)no labelme \.json files found.*a\.json: a symlink to .*gone\.json"):
+        run(tmp_path / "in", tmp_path)
+
+
+def test_broken_image_and_mask_symlinks_are_named(tmp_path):
+    root = tmp_path / "in"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.new("RGB", (4, 4)).save(root / "images" / "a.png")
+    Image.new("L", (4, 4)).save(root / "masks" / "a.png")
+    (root / "images" / "b.png").symlink_to(tmp_path / "gone.png")
+    (root / "masks" / "c.png").symlink_to(root / "masks" / "c.png")
+    data = DataSection(format="masks", mask_colors={"background": 0, "lesion": 255}, workers=1)
+    with pytest.raises(SegpipeError) as info:
+        run(root, tmp_path, data)
+    assert "images/b.png: a symlink" in str(info.value) and "masks/c.png: a symlink" in str(info.value)

@@ -134,6 +134,32 @@ def test_points_outside_the_image_are_clipped():
     assert mask[:4].all() and not mask[4:].any()
 
 
+@pytest.mark.parametrize(
+    ("points", "shape_type"),
+    [
+        ([[0, 0], [2**31, 2**31]], "rectangle"),  # past Pillow's 32-bit coordinates
+        ([[1, 1], [4, 1], [4, -1e12]], "polygon"),
+        ([[4, 4], [4, 4 + 5 * 8]], "circle"),  # the radius point is 5 image sizes away
+        ([[0, 0], [8 * 6, 0]], "line"),
+        ([[-4 * 8 - 1, 0]], "point"),
+    ],
+)
+def test_a_shape_far_outside_the_image_is_an_error_naming_file_and_shape(points, shape_type):
+    shapes = [shape([[0, 0], [1, 1]], "rectangle"), shape(points, shape_type, "hair")]
+    with pytest.raises(SegpipeError, match=r"a\.json: shape 1 \(label 'hair'\): point .* lies more than 4 image sizes outside the 8x8 image"):
+        paint(shapes)
+
+
+def test_a_shape_a_little_outside_the_image_is_still_clipped():
+    mask = paint([shape([[-4 * 8, 0], [5 * 8, 3]], "rectangle")])
+    assert mask[:4].all() and not mask[4:].any()
+
+
+def test_huge_coordinates_that_overflow_a_float_are_an_error():
+    with pytest.raises(SegpipeError, match=r"shape 0 \(label 'lesion'\): 'points' must be a list of \[x, y\] pairs"):
+        paint([shape([[0, 0], [10**400, 1]], "rectangle")])
+
+
 def test_unknown_label_names_file_label_and_classes():
     with pytest.raises(SegpipeError) as info:
         paint([shape([[1, 1], [4, 3]], "rectangle", "lesion-1")])
@@ -207,6 +233,14 @@ def test_size_mismatch_names_file_and_both_sizes(tmp_path):
         load_annotation(json_path, tmp_path)
 
 
+@pytest.mark.parametrize(("height", "kind"), [("6", "str"), (6.0, "float"), (True, "bool"), (0, "int")])
+def test_image_size_fields_must_be_positive_integers(tmp_path, height, kind):
+    write_png(tmp_path / "a.png", 8, 6)
+    json_path = write_json(tmp_path / "a.json", [], imagePath="a.png", imageWidth=8, imageHeight=height)
+    with pytest.raises(SegpipeError, match=rf"a\.json: imageHeight must be a positive integer \(pixels\), got {height!r} \({kind}\)"):
+        load_annotation(json_path, tmp_path)
+
+
 def test_legacy_labelme_3_file_converts(tmp_path):
     png = write_png(tmp_path / "a.png")
     legacy = {
@@ -228,6 +262,13 @@ def test_malformed_json_names_file_and_position(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"shapes": [\n  {"label": "lesion",,}\n]}')
     with pytest.raises(SegpipeError, match=r"broken\.json: not valid JSON \(line 2, column 22"):
+        load_annotation(path, tmp_path)
+
+
+def test_json_nested_100000_levels_deep_is_a_named_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"shapes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(SegpipeError, match=r"deep\.json: JSON nested too deeply to read"):
         load_annotation(path, tmp_path)
 
 

@@ -23,7 +23,7 @@ TORCHRUN = Path(sys.executable).parent / "torchrun"
 def test_torchrun_with_two_cpu_processes_trains_and_only_rank_0_writes(tmp_path: Path):
     processed = make_processed(tmp_path / "processed", count=5)
     # 4 train images and 1 val image: rank 1 validates nothing, and the confusion sums still work.
-    split = write_split(processed, tmp_path / "splits", SplitSection(val_fraction=0.4), seed=0)
+    split = write_split(processed, tmp_path / "splits", SplitSection(val_fraction=0.2), seed=0)
     assert (len(split.train), len(split.val)) == (4, 1)
     augment_dataset(
         processed, tmp_path / "splits", tmp_path / "augmented", AugmentSection(enabled=False), seed=0, progress=False

@@ -91,6 +91,7 @@ def evaluate(
     out: EvalOutputs,
     config: EvaluateSection = EvaluateSection(),
     *,
+    classes: Sequence[str] | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """Score `checkpoint` on `samples` and write every output in `out`; returns what it wrote.
@@ -101,11 +102,19 @@ def evaluate(
         samples: the (image, mask) pairs to score (the validation split).
         out: output paths.
         config: params.yaml's evaluate section (device, images per forward pass, gallery size).
+        classes: base.classes of the project; a checkpoint trained on other classes is refused.
+            None: the checkpoint's own classes are taken as they are.
         progress: show a progress bar (on a terminal only).
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
     predictor = Predictor(checkpoint, resolve_device(config.device))
+    if classes is not None and tuple(predictor.classes) != tuple(classes):
+        raise SegpipeError(
+            f"{checkpoint}: the model was trained on classes {predictor.classes} but base.classes is "
+            f"{list(classes)}; the masks' class ids would be scored under the wrong names. Evaluate a "
+            "checkpoint trained on this project's classes (re-run train), or fix base.classes"
+        )
     batch_size = config.batch_size
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, list_images, read_image
+from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image
 from segpipe.palette import colour_overlay, output_mask
 from segpipe.inference.predictor import Predictor, class_map
 from segpipe.inference.tiling import Tiling, predict_tiled
@@ -78,15 +78,16 @@ def predict_paths(
         device: where the model runs.
         progress: show a progress bar (on a terminal only).
     Raises:
-        SegpipeError for bad arguments (nothing matched, out_dir holds inputs, two inputs with
-        one stem); unreadable images are only reported in the returned report.
+        SegpipeError for bad arguments (nothing matched, out_dir is a file or holds inputs, two
+        inputs whose outputs would share a name, an unreadable checkpoint), before anything is
+        written; unreadable images are only reported in the returned report.
     """
     tiling = options.tiling()  # checks the tile settings before anything is read
     images = resolve_inputs(inputs)
-    check_outputs(images, Path(out_dir))
     out_dir = Path(out_dir)
+    check_outputs(images, out_dir, options, checkpoint)
+    predictor = Predictor(checkpoint, device)  # an unreadable checkpoint fails before out_dir exists
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(checkpoint, device)
     report = PredictReport()
     batch = 1 if options.tile else options.batch_size
     with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
@@ -102,8 +103,8 @@ def predict_paths(
 
 
 def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
-    """The image files that `inputs` (files, folders, glob patterns) name, in the order given."""
-    found: list[Path] = []
+    """The image files that `inputs` (files, folders, glob patterns) name, in the order given, each once."""
+    found: dict[Path, Path] = {}  # resolved path -> the path as named first
     for item in inputs:
         path = Path(item)
         if path.is_dir():
@@ -116,27 +117,32 @@ def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
             raise SegpipeError(f"{item}: no such file or folder; check the path")
         if not matches:
             raise SegpipeError(f"{item}: no images ({', '.join(IMAGE_SUFFIXES)}) found there; check the path or pattern")
-        found += matches
-    return found
+        for match in matches:
+            found.setdefault(match.resolve(), match)
+    return list(found.values())
 
 
-def check_outputs(images: Sequence[Path], out_dir: Path) -> None:
-    """Refuse an output folder that holds an input, and two inputs that would write one mask."""
-    target = out_dir.resolve()
-    for folder in sorted({image.resolve().parent for image in images}):
-        if folder == target:
-            raise SegpipeError(
-                f"--out {out_dir} is the folder of input images ({folder}); masks would be written "
-                "among (and could overwrite) the inputs; choose another --out folder"
-            )
-    seen: dict[str, Path] = {}
+def output_names(stem: str, options: PredictOptions) -> list[str]:
+    """The files one input writes into the output folder: its mask and the extras asked for."""
+    return [f"{stem}.png"] + [f"{stem}_overlay.png"] * options.overlay + [f"{stem}_probs.npy"] * options.probs
+
+
+def check_outputs(images: Sequence[Path], out_dir: Path, options: PredictOptions, checkpoint: Path) -> None:
+    """Refuse an --out that is a file or holds an input (its folder included), and two inputs whose
+    outputs would share a name (`a.jpg` and `a_overlay.jpg` with --overlay)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SegpipeError(f"--out {out_dir} is a file; name a folder for the masks (it is created if missing)")
+    check_apart({"--out": out_dir}, [("CHECKPOINT", Path(checkpoint)), *(("INPUTS", image) for image in images)])
+    # casefold: names that differ only in case are one file on macOS and Windows.
+    writer: dict[str, Path] = {}
     for image in images:
-        if image.stem in seen and seen[image.stem].resolve() != image.resolve():
-            raise SegpipeError(
-                f"{seen[image.stem]} and {image} both would write {out_dir / image.stem}.png; "
-                "rename one or predict them into different --out folders"
-            )
-        seen[image.stem] = image
+        for name in output_names(image.stem, options):
+            other = writer.setdefault(name.casefold(), image)
+            if other != image:
+                raise SegpipeError(
+                    f"{other} and {image} would both write {out_dir / name}, and one would overwrite the "
+                    "other; rename one of them or predict them into different --out folders"
+                )
 
 
 def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:

@@ -104,21 +104,30 @@ def build_model(config: ModelSection, num_classes: int) -> UNet:
     return model
 
 
-def load_pretrained(model: UNet, backbone: str, pretrained: str) -> LoadReport | None:
-    """Load `pretrained` ("none", "imagenet" or a file path) into `model`; None for "none"."""
+def pretrained_file(backbone: str, pretrained: str) -> Path | None:
+    """The weights file `pretrained` ("none", "imagenet" or a path) names, checked to exist; None for "none".
+
+    Cheap (nothing is read), so a stage can check it before it starts anything.
+    """
     if pretrained == "none":
         return None
     if pretrained == "imagenet":
-        state = _load_file(imagenet_cache_path(backbone))
-    else:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise SegpipeError(
-                f"model.pretrained: weights file {str(path)!r} does not exist; give an existing "
-                f".pt/.pth path, 'imagenet', or 'none'."
-            )
-        state = _load_file(path)
-    report = load_state_into(model, state)
+        return imagenet_cache_path(backbone)
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise SegpipeError(
+            f"model.pretrained: weights file {str(path)!r} does not exist; give an existing "
+            f".pt/.pth path, 'imagenet', or 'none'."
+        )
+    return path
+
+
+def load_pretrained(model: UNet, backbone: str, pretrained: str) -> LoadReport | None:
+    """Load `pretrained` ("none", "imagenet" or a file path) into `model`; None for "none"."""
+    path = pretrained_file(backbone, pretrained)
+    if path is None:
+        return None
+    report = load_state_into(model, _load_file(path))
     if not report.loaded_encoder:
         # A file that only matches e.g. the head's bias is the wrong file, not a partial load.
         raise SegpipeError(

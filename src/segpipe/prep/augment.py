@@ -20,10 +20,12 @@ import numpy as np
 from PIL import Image
 
 from segpipe.config import AugmentSection
-from segpipe.imageio import IGNORE_INDEX, atomic_dir, read_class_mask, read_image, write_mask
+from segpipe.imageio import IGNORE_INDEX, atomic_dir, check_apart, read_class_mask, read_image, write_mask
 from segpipe.layout import IMAGES, MASKS, TRAIN_LIST, find_image, mask_path, read_list
 from segpipe.prep.parallel import map_files, raise_failures
 from segpipe.prep.split import id_position
+
+PROVENANCE = "provenance.csv"
 
 
 def build_transform(config: AugmentSection, seed: int) -> A.Compose:
@@ -118,11 +120,12 @@ def augment_dataset(
     With `config.enabled` false the folders are written empty, so later stages need no special case.
     """
     processed_dir = Path(processed_dir)
+    check_apart({"OUT_DIR": Path(out_dir)}, {"PROCESSED_DIR": processed_dir, "SPLITS_DIR": Path(splits_dir)})
     train_ids = read_list(Path(splits_dir) / TRAIN_LIST)
     jobs = [
         _Job(i, find_image(processed_dir, i), mask_path(processed_dir, i)) for i in train_ids
     ]
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), owned=(IMAGES, MASKS, PROVENANCE)) as tmp:
         (tmp / IMAGES).mkdir()
         (tmp / MASKS).mkdir()
         rows: list[dict[str, str]] = []
@@ -131,7 +134,7 @@ def augment_dataset(
             outcomes = map_files(work, jobs, workers=workers, progress=progress, desc="augment")
             for item_rows in raise_failures(outcomes):
                 rows += item_rows
-        with open(tmp / "provenance.csv", "w", newline="") as handle:
+        with open(tmp / PROVENANCE, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["id", "source_id", "transforms"])
             writer.writeheader()
             writer.writerows(rows)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from segpipe.config import DataSection
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, write_mask
+from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, check_apart, write_mask
 from segpipe.layout import IMAGES, MANIFEST, MASKS
 from segpipe.prep import labelme, maskfolder
 from segpipe.prep.parallel import cap_lines, failures, map_files
@@ -103,9 +103,10 @@ def convert_dataset(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if not input_dir.is_dir():
         raise SegpipeError(f"{input_dir}: input folder not found")
+    check_apart({"OUT_DIR": out_dir, "--metrics": Path(metrics_path)}, {"INPUT_DIR": input_dir})
     colors = maskfolder.parse_mask_colors(data.mask_colors, classes) if data.format == "masks" else None
     jobs, problems = plan_jobs(input_dir, data)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, owned=(IMAGES, MASKS, MANIFEST)) as tmp:
         settings = Settings(data.format, input_dir, tmp / IMAGES, tmp / MASKS, classes, data.ignore_labels, colors)
         settings.images_dir.mkdir()
         settings.masks_dir.mkdir()
@@ -122,11 +123,11 @@ def convert_dataset(
 
 def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str]]:
     """The items to convert, checked for duplicate ids, and the pairing problems found on the way."""
-    problems: list[str] = []
     if data.format == "labelme":
-        jobs = [Job(p.stem, p) for p in labelme.find_annotations(input_dir)]
+        paths, problems = labelme.find_annotations(input_dir)
+        jobs = [Job(p.stem, p) for p in paths]
         if not jobs:
-            raise SegpipeError(f"{input_dir}: no labelme .json files found (data.format is 'labelme')")
+            raise SegpipeError("\n".join([f"{input_dir}: no labelme .json files found (data.format is 'labelme')", *problems]))
     else:
         pairs, problems = maskfolder.find_pairs(input_dir, data.mask_suffix)
         jobs = [Job(image.stem, image, mask) for image, mask in pairs]

@@ -23,12 +23,15 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IGNORE_INDEX, read_image
+from segpipe.imageio import IGNORE_INDEX, broken_links, read_image
 
 # labelme's drawing sizes for shapes without an area (utils/shape.py: line_width, point_size).
 LINE_WIDTH = 10
 POINT_RADIUS = 5
 SHAPE_TYPES = ("polygon", "rectangle", "circle", "line", "linestrip", "point", "mask")
+# A point may lie outside the image (labelme clips what it draws), but not by more than this many
+# image sizes: beyond that it is a corrupt file, and Pillow's 32-bit coordinates would overflow.
+MAX_OUTSIDE = 4
 
 
 @dataclass(frozen=True)
@@ -48,15 +51,22 @@ class Annotation:
     shapes: list[dict]
 
 
-def find_annotations(input_dir: Path) -> list[Path]:
-    """Every `*.json` file under `input_dir`, in any subfolder, sorted by path."""
-    return sorted(p for p in Path(input_dir).rglob("*.json") if p.is_file())
+def find_annotations(input_dir: Path) -> tuple[list[Path], list[str]]:
+    """Every `*.json` file under `input_dir`, in any subfolder, sorted by path, and one problem line
+    per `*.json` symlink that leads nowhere (dangling or looping), so that none is dropped unseen."""
+    candidates = sorted(Path(input_dir).rglob("*.json"))
+    return [p for p in candidates if p.is_file()], broken_links(candidates)
 
 
 def load_json(path: Path) -> dict:
     """Parse a labelme file; malformed JSON is an error naming the file, line and column."""
     try:
         data = json.loads(Path(path).read_bytes())
+    except RecursionError:
+        raise SegpipeError(
+            f"{path}: JSON nested too deeply to read (thousands of levels); a labelme file is a few levels "
+            "deep, so this is not one: re-save it in labelme or remove it"
+        ) from None
     except json.JSONDecodeError as exc:
         raise SegpipeError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
@@ -111,10 +121,18 @@ def load_annotation(json_path: Path, input_dir: Path) -> Annotation:
 
 
 def _check_size(json_path: Path, data: dict, shape: tuple[int, ...]) -> None:
-    """imageHeight/imageWidth, when the file has them, must match the (EXIF-rotated) picture."""
+    """imageHeight/imageWidth, when the file has them, must be whole numbers that match the
+    (EXIF-rotated) picture."""
     height, width = data.get("imageHeight"), data.get("imageWidth")
     if height is None or width is None:  # labelme 3.x did not store the size
         return
+    for key, value in (("imageHeight", height), ("imageWidth", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SegpipeError(
+                f"{json_path}: {key} must be a positive integer (pixels), got {value!r} "
+                f"({type(value).__name__}); the picture is {shape[1]}x{shape[0]}: write {key}: "
+                f"{shape[0] if key == 'imageHeight' else shape[1]}, or re-save the file in labelme"
+            )
     if (height, width) != tuple(shape):
         hint = " (the picture's EXIF orientation rotates it; re-open it in labelme)" if (width, height) == tuple(shape) else ""
         raise SegpipeError(
@@ -162,14 +180,22 @@ def rasterize(annotation: Annotation, classes: tuple[str, ...], ignore_labels: t
     return np.asarray(canvas).copy()
 
 
-def _points(shape: dict, where: str) -> list[tuple[float, float]]:
+def _points(shape: dict, where: str, size: tuple[int, int]) -> list[tuple[float, float]]:
+    """The shape's points as floats, each finite and within MAX_OUTSIDE image sizes of the (W, H) image."""
     points = shape.get("points")
     try:
         xy = [(float(x), float(y)) for x, y in points]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SegpipeError(f"{where}: 'points' must be a list of [x, y] pairs, got {points!r:.80}") from None
     if not all(math.isfinite(c) for p in xy for c in p):
         raise SegpipeError(f"{where}: 'points' contains a non-finite coordinate")
+    width, height = size
+    for x, y in xy:
+        if not (-MAX_OUTSIDE * width <= x <= (MAX_OUTSIDE + 1) * width and -MAX_OUTSIDE * height <= y <= (MAX_OUTSIDE + 1) * height):
+            raise SegpipeError(
+                f"{where}: point ({x:g}, {y:g}) lies more than {MAX_OUTSIDE} image sizes outside the "
+                f"{width}x{height} image, so it cannot be a real outline; redraw the shape in labelme"
+            )
     return xy
 
 
@@ -203,7 +229,7 @@ def draw_shape(canvas: Image.Image, draw: ImageDraw.ImageDraw, shape: dict, valu
     if shape_type == "mask":
         _paste_mask(canvas, shape, value, where)
         return
-    xy = _points(shape, where)
+    xy = _points(shape, where, canvas.size)
     if shape_type == "polygon":
         _need(xy, 3, shape_type, where, at_least=True)
         if len(set(xy)) < 3 or polygon_area(xy) == 0:
@@ -255,7 +281,7 @@ def _paste_mask(canvas: Image.Image, shape: dict, value: int, where: str) -> Non
     labelme stores points [[x1, y1], [x2, y2]] with the mask covering rows y1..y2 and columns
     x1..x2 inclusive; parts of the box outside the image are clipped.
     """
-    xy = _points(shape, where)
+    xy = _points(shape, where, canvas.size)
     _need(xy, 2, "mask", where)
     bits = _decode_shape_mask(shape, where)
     (x1, y1), (x2, y2) = np.asarray(xy).astype(int)  # truncated, as labelme's shapes_to_label does

@@ -19,21 +19,20 @@ Pixels of unknown value are reported for all files at once (or painted 255 with
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from segpipe.config import mask_color_keys
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IGNORE_INDEX, IMAGE_SUFFIXES, list_images, read_image, read_mask
+from segpipe.imageio import IGNORE_INDEX, IMAGE_SUFFIXES, broken_links, list_images, read_image, read_mask
 from segpipe.layout import IMAGES, MASKS
 
 MASK_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")  # tried in this order
 JPEG_TOLERANCE = 40
 UNKNOWN = -1
-_HEX = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 @dataclass(frozen=True)
@@ -56,33 +55,13 @@ class ColorMap:
 
 
 def parse_mask_colors(mask_colors: dict[str, int | str], classes: tuple[str, ...]) -> ColorMap:
-    """Check data.mask_colors against base.classes; errors name the key and say how to fix it."""
-    if not mask_colors:
-        raise SegpipeError("params.yaml: data.mask_colors is empty; map each class to its mask value, e.g. {background: 0, lesion: 255}")
-    gray = all(isinstance(v, int) and not isinstance(v, bool) for v in mask_colors.values())
-    by_key: dict[int, str] = {}
-    for name, value in mask_colors.items():
-        where = f"params.yaml: data.mask_colors.{name}"
-        if name not in classes:
-            raise SegpipeError(f"{where}: {name!r} is not in base.classes {list(classes)}")
-        key = _color_key(value, where)
-        if not gray and isinstance(value, int):
-            key = key * 0x010101  # a gray level among colours means (v, v, v)
-        if key in by_key:
-            raise SegpipeError(f"{where}: value {value!r} is also given to {by_key[key]!r}; each class needs its own value")
-        by_key[key] = name
+    """Check data.mask_colors against base.classes (as loading params does); errors name the key."""
+    try:
+        gray, by_key = mask_color_keys(mask_colors, classes)
+    except ValueError as exc:
+        raise SegpipeError(str(exc)) from None
     keys = tuple(sorted(by_key))
     return ColorMap(gray, keys, tuple(classes.index(by_key[k]) for k in keys))
-
-
-def _color_key(value: object, where: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= 255:
-            raise SegpipeError(f"{where}: gray value {value} is outside 0-255")
-        return value
-    if isinstance(value, str) and _HEX.fullmatch(value):
-        return int(value[1:], 16)
-    raise SegpipeError(f"{where}: expected a gray value 0-255 or a colour '#RRGGBB', got {value!r}")
 
 
 def find_pairs(input_dir: Path, mask_suffix: str) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -97,11 +76,13 @@ def find_pairs(input_dir: Path, mask_suffix: str) -> tuple[list[tuple[Path, Path
             raise SegpipeError(
                 f"{folder}: folder not found; data.format 'masks' expects {input_dir}/images/ and {input_dir}/masks/"
             )
+    mask_files = sorted(p for p in masks_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    broken = broken_links([*sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), *mask_files])
     images = list_images(images_dir)
     if not images:
-        raise SegpipeError(f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files)")
-    masks = {p.name.lower(): p for p in masks_dir.iterdir() if p.is_file() and p.suffix.lower() in MASK_SUFFIXES}
-    pairs, problems, used = [], [], set()
+        raise SegpipeError("\n".join([f"{images_dir}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files)", *broken]))
+    masks = {p.name.lower(): p for p in mask_files if p.is_file()}
+    pairs, problems, used = [], broken, set()
     for image in images:
         names = [f"{image.stem}{mask_suffix}{suffix}".lower() for suffix in MASK_SUFFIXES]
         found = [n for n in names if n in masks]

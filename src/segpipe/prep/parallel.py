@@ -1,15 +1,25 @@
-"""Run one function over many files on every core, keeping every file's error."""
+"""Run one function over many files on every core, keeping every file's error.
+
+Worker processes never outlive the command: on Linux each asks the kernel to kill it when its
+parent dies (even by SIGKILL, which runs no cleanup), and on an error, Ctrl-C or SIGTERM the parent
+kills them before unwinding. A worker left behind would hold the caller's stdout and stderr open,
+so a script capturing the command's output would wait forever.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
 from tqdm import tqdm
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, sigterm_held
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,16 +52,46 @@ def map_files(
                 outcomes.append(_attempt(fn, item))
                 bar.update()
             return outcomes
-        pool = ProcessPoolExecutor(max_workers=workers)
+        before = set(multiprocessing.active_children())
+        # A forked worker's parent is this process; under other start methods it is a server process.
+        parent = os.getpid() if multiprocessing.get_start_method() == "fork" else None
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(parent,))
         try:
             chunksize = max(1, min(8, len(items) // (4 * workers)))
-            for outcome in pool.map(_attempt, [fn] * len(items), items, chunksize=chunksize):
+            # map submits every chunk, and so forks the workers, at once. A SIGTERM arriving during
+            # a fork would raise inside an at-fork hook, which swallows exceptions: hold it until
+            # the workers exist (it is then raised here, and they are stopped below).
+            with sigterm_held():
+                results = pool.map(_attempt, [fn] * len(items), items, chunksize=chunksize)
+            for outcome in results:
                 outcomes.append(outcome)
                 bar.update()
+        except BaseException:
+            # A worker may be stuck on one file, and whatever the workers write is about to be
+            # thrown away with the caller's temporary folder: stop them now rather than wait.
+            # (The pool's manager thread then sees them gone, and the shutdown below joins it.)
+            for process in set(multiprocessing.active_children()) - before:
+                process.kill()
+            raise
         finally:
-            # On an interrupt, drop the queued items rather than letting them finish writing.
             pool.shutdown(wait=True, cancel_futures=True)
     return outcomes
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_init(parent: int | None) -> None:
+    """In each worker: take SIGTERM's default action, and die with the parent (Linux)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's handler
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl to be found: workers then rely on the parent's cleanup
+        return
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _attempt(fn: Callable[[T], R], item: T) -> R | SegpipeError:

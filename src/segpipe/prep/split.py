@@ -1,14 +1,17 @@
-"""Seeded train/validation split (and k-fold), stable when images are added.
+"""Seeded train/validation split (and k-fold) that moves few ids when images are added.
 
-Each id gets a number in [0, 1) from a hash of the seed and the id alone. The hold-out split puts an
-id in validation when its number is below `val_fraction`; k-fold assigns fold `floor(number * k)`.
-Because no id's number depends on the other ids, adding images never moves an existing image from
-one list to the other, and the same seed and data always give the same lists.
+Each id gets a number in [0, 1) from a hash of the seed and the id alone, and the ids are ranked by
+it. The hold-out split validates on the round(n * val_fraction) lowest-ranked ids (at least one,
+and at least one left to train on), so the realised fraction is as close to `val_fraction` as n
+allows (halves round up). k-fold cuts the ranking into k runs whose sizes differ by at most one. An added image takes
+its rank among the others, so at most a few ids cross each boundary (one for the hold-out split),
+and the same seed and data always give the same lists.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,7 @@ import pandas as pd
 
 from segpipe.config import SplitSection
 from segpipe.errors import SegpipeError
-from segpipe.imageio import atomic_dir
+from segpipe.imageio import atomic_dir, check_apart
 from segpipe.layout import MANIFEST, TRAIN_LIST, VAL_LIST, write_list
 
 
@@ -36,24 +39,25 @@ def split_ids(ids: list[str], config: SplitSection, seed: int) -> Split:
     """Split ids into train and validation lists (each sorted) by hold-out fraction or k-fold."""
     if len(ids) < 2:
         raise SegpipeError(f"split needs at least 2 images, got {len(ids)}")
-    positions = {image_id: id_position(image_id, seed) for image_id in ids}
+    if config.folds > len(ids):
+        raise SegpipeError(f"split.folds is {config.folds} but there are only {len(ids)} images; lower split.folds")
+    ranked = sorted(set(ids), key=lambda image_id: (id_position(image_id, seed), image_id))
+    n = len(ranked)
     if config.folds:
-        is_val = {i: int(p * config.folds) == config.fold for i, p in positions.items()}
+        # Fold f is the f-th of k runs of the ranking: floor(f * n / k) up to floor((f + 1) * n / k).
+        start, stop = config.fold * n // config.folds, (config.fold + 1) * n // config.folds
     else:
-        is_val = {i: p < config.val_fraction for i, p in positions.items()}
-    val = sorted(i for i in ids if is_val[i])
-    train = sorted(i for i in ids if not is_val[i])
-    # On a tiny dataset the hash can leave one side empty; move the id nearest the boundary so both
-    # lists are usable. This is the only case in which adding images can move an existing one.
-    if not val:
-        nearest = min(train, key=positions.get)
-        train.remove(nearest)
-        val = [nearest]
-    elif not train:
-        nearest = max(val, key=positions.get)
-        val.remove(nearest)
-        train = [nearest]
-    return Split(train=train, val=val)
+        # Half rounds up (Python's round() would send 2.5 to 2); the epsilon absorbs float error in n * f.
+        start, stop = 0, min(max(math.floor(n * config.val_fraction + 0.5 + 1e-9), 1), n - 1)
+    val = set(ranked[start:stop])
+    return Split(train=sorted(i for i in ranked if i not in val), val=sorted(val))
+
+
+def describe(split: Split, config: SplitSection) -> str:
+    """One line for the split report: the list sizes and the realised validation fraction."""
+    total = len(split.train) + len(split.val)
+    which = f"fold {config.fold} of {config.folds}" if config.folds else f"val_fraction {config.val_fraction}"
+    return f"{len(split.train)} train, {len(split.val)} val ({len(split.val) / total:.1%} of {total}; {which})"
 
 
 def read_ids(manifest: Path) -> list[str]:
@@ -70,8 +74,9 @@ def read_ids(manifest: Path) -> list[str]:
 
 def write_split(processed_dir: Path, splits_dir: Path, config: SplitSection, seed: int) -> Split:
     """Split the ids of a converted dataset and write `train.txt` and `val.txt` into splits_dir."""
+    check_apart({"SPLITS_DIR": Path(splits_dir)}, {"PROCESSED_DIR": Path(processed_dir)})
     split = split_ids(read_ids(Path(processed_dir) / MANIFEST), config, seed)
-    with atomic_dir(Path(splits_dir)) as tmp:
+    with atomic_dir(Path(splits_dir), owned=(TRAIN_LIST, VAL_LIST)) as tmp:
         write_list(tmp / TRAIN_LIST, split.train)
         write_list(tmp / VAL_LIST, split.val)
     return split

@@ -260,7 +260,8 @@ def make_lesions(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
     """Write `count` synthetic dermoscopy-like images + labelme JSON annotations into out_dir.
 
     Args:
-        out_dir: folder for `lesion_NNN.jpg` and `lesion_NNN.json`; replaced whole, atomically.
+        out_dir: folder for `lesion_NNN.jpg` and `lesion_NNN.json`; replaced whole, atomically (a
+            folder holding anything else is refused).
         count: number of images.
         size: the longer side in pixels; images are landscape 4:3.
         seed: same seed and arguments give byte-identical files.
@@ -269,7 +270,7 @@ def make_lesions(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
     """
     _check_args(count, size)
     width, height = size, round(size * 3 / 4)
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), owned=("lesion_*.jpg", "lesion_*.json")) as tmp:
         for index in range(count):
             _write_lesion(tmp, index, width, height, seed)
     return [Path(out_dir) / f"lesion_{index:03d}.json" for index in range(count)]
@@ -369,7 +370,8 @@ def make_aerial(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
 
     Args:
         out_dir: tiles go to `out_dir/images/aerial_NNN.jpg`, masks (exact AERIAL_COLORS, no
-            antialiasing) to `out_dir/masks/aerial_NNN.png`; out_dir is replaced whole, atomically.
+            antialiasing) to `out_dir/masks/aerial_NNN.png`; out_dir is replaced whole, atomically
+            (a folder holding anything but images/ and masks/ is refused).
         count: number of tiles.
         size: side of the square tiles in pixels.
         seed: same seed and arguments give byte-identical files.
@@ -378,7 +380,7 @@ def make_aerial(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
     """
     _check_args(count, size)
     palette = np.array([_hex_rgb(AERIAL_COLORS[name]) for name in AERIAL_CLASSES], np.uint8)
-    with atomic_dir(Path(out_dir)) as tmp:
+    with atomic_dir(Path(out_dir), owned=(IMAGES, MASKS)) as tmp:
         (tmp / IMAGES).mkdir()
         (tmp / MASKS).mkdir()
         for index in range(count):

@@ -176,13 +176,7 @@ def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, worke
 def build_state(params: Params, runtime: Runtime) -> TrainState:
     """The model (checked against train.image_size), optimizer, LR schedule and gradient scaler."""
     model = build_model(params.model, len(params.base.classes))
-    multiple = model.required_multiple
-    if params.train.image_size % multiple:
-        nearest = max(1, round(params.train.image_size / multiple)) * multiple
-        raise SegpipeError(
-            f"train.image_size {params.train.image_size} must be a multiple of {multiple} "
-            f"for model.backbone {params.model.backbone}; try {nearest}"
-        )
+    check_image_size(params, model.required_multiple)
     model.to(runtime.device)
     if runtime.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -194,6 +188,16 @@ def build_state(params: Params, runtime: Runtime) -> TrainState:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule(epoch))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision.use_scaler)
     return TrainState(model, optimizer, scheduler, scaler)
+
+
+def check_image_size(params: Params, multiple: int) -> None:
+    """train.image_size must be a multiple of the model's total stride (`UNet.required_multiple`)."""
+    if params.train.image_size % multiple:
+        nearest = max(1, round(params.train.image_size / multiple)) * multiple
+        raise SegpipeError(
+            f"train.image_size {params.train.image_size} must be a multiple of {multiple} "
+            f"for model.backbone {params.model.backbone}; try {nearest}"
+        )
 
 
 def start_or_resume(state: TrainState, params: Params, models_dir: Path, runtime: Runtime) -> None:

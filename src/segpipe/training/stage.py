@@ -4,6 +4,10 @@ Outputs: `MODELS_DIR/best.pt` (best validation mIoU), `last.pt`, `epoch_NNN.pt` 
 `train.save_period` epochs, and `mlflow_run_id.txt`; a metrics JSON of results only (a DVC
 metric), an info JSON of counts and durations (also the run's tags), a per-epoch history CSV
 (DVC plots) and loss / mIoU curve PNGs.
+
+Every setting is checked before anything is started or written (`check_settings`), so a bad one
+leaves no MLflow run and no run id file behind. A killed run is tidied by the next one: its
+checkpoint temporaries are removed and its MLflow run, left RUNNING, is closed as KILLED.
 """
 
 from __future__ import annotations
@@ -17,14 +21,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from segpipe import tracking
 from segpipe.config import Params
+from segpipe.errors import SegpipeError, sigterm_unwinds
 from segpipe.figures import plot_curves
-from segpipe.imageio import atomic_write_text
+from segpipe.imageio import atomic_write_text, remove_stale_temps
 from segpipe.layout import Sample
+from segpipe.models import build_model
 from segpipe.models.checkpoint import write_deployment_checkpoint
+from segpipe.models.registry import pretrained_file
 from segpipe.runtime import Runtime
-from segpipe.training.loop import HISTORY_FIELDS, TrainState, fit
+from segpipe.training.loop import HISTORY_FIELDS, TrainState, check_image_size, fit
+from segpipe.training.losses import make_loss
 
 
 @dataclass(frozen=True)
@@ -58,20 +68,28 @@ def train_stage(
     progress: bool = True,
 ) -> TrainReport | None:
     """Run `fit` inside an MLflow run and write the metrics, info, history and curves; returns
-    what was written (None on ranks other than 0, which write nothing)."""
+    what was written (None on ranks other than 0, which write nothing).
+
+    SIGTERM stops the run like Ctrl-C: the MLflow run ends as KILLED and the process exits 143.
+    """
     started = time.perf_counter()
+    check_settings(params, train_samples, val_samples)
     runtime = Runtime.resolve(params.train.device)
-    tracker = start_tracking(params, train_samples, val_samples, outputs.models_dir, runtime.dist.is_main)
-    try:
-        state = fit(
-            params, train_samples, val_samples, outputs.models_dir, runtime=runtime, progress=progress, tracker=tracker
-        )
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    finally:
-        runtime.dist.close()
-    if not runtime.dist.is_main:
+    if runtime.dist.is_main:
+        remove_stale_temps(outputs.models_dir)  # a killed run's .last.pt.tmp-PID would show as a change in `dvc status`
+    with sigterm_unwinds():
+        tracker = start_tracking(params, train_samples, val_samples, outputs.models_dir, runtime.dist.is_main)
+        try:
+            state = fit(
+                params, train_samples, val_samples, outputs.models_dir, runtime=runtime, progress=progress, tracker=tracker
+            )
+        except BaseException as exc:
+            # Ctrl-C and SIGTERM arrive as KeyboardInterrupt: the run was stopped, not broken.
+            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+        finally:
+            runtime.dist.close()
+    if not runtime.dist.is_main:  # only rank 0 writes and logs
         return None
     metrics = summary_metrics(state)
     info = run_info(state, len(train_samples), len(val_samples), time.perf_counter() - started)
@@ -97,6 +115,25 @@ def log_deployment_checkpoint(tracker: tracking.Tracker, best: Path) -> None:
         tracker.log_artifact(write_deployment_checkpoint(best, Path(folder) / best.name), "checkpoints")
 
 
+def check_settings(params: Params, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
+    """Make every check on the settings that training would otherwise make after it started.
+
+    The model is built on the meta device (shapes only: no memory, no weights read), the
+    pretrained weights file is looked up, train.image_size is checked against the model's stride,
+    and the loss is built.
+    """
+    if not train_samples or not val_samples:
+        raise SegpipeError(
+            f"training needs at least one training and one validation image, got {len(train_samples)} and "
+            f"{len(val_samples)}; check the split lists"
+        )
+    with torch.device("meta"):
+        model = build_model(params.model.model_copy(update={"pretrained": "none"}), len(params.base.classes))
+    pretrained_file(params.model.backbone, params.model.pretrained)
+    check_image_size(params, model.required_multiple)
+    make_loss(params.train)
+
+
 def start_tracking(
     params: Params, train_samples: Sequence[Sample], val_samples: Sequence[Sample], models_dir: Path, is_main: bool
 ) -> tracking.Tracker:
@@ -107,7 +144,10 @@ def start_tracking(
     data_files = [p for s in [*train_samples, *val_samples] for p in (s.image, s.mask)]
     tags = tracking.dvc_tags(root, tracking.content_hash(params_json), tracking.files_hash(data_files))
     run_id_file = models_dir / tracking.RUN_ID_FILE
-    resume_run = run_id_file.read_text().strip() if params.train.resume and run_id_file.exists() else None
+    previous = run_id_file.read_text().strip() if run_id_file.exists() else ""
+    resume_run = previous if params.train.resume and previous else None
+    if previous and resume_run is None:
+        tracker.mark_killed(previous)  # still RUNNING only if its process was killed
     logged = tracking.logged_params(params)
     tracker.start(params.base.experiment, tracking.run_name(root), logged, tags, run_id=resume_run)
     if is_main:

@@ -1,0 +1,165 @@
+"""Output safety in imageio: outputs kept apart from inputs, folders replaced only when they are the
+command's own, temporaries of killed runs cleared, broken links named, SIGTERM unwinding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from segpipe import errors
+from segpipe.errors import SegpipeError, Terminated, sigterm_held, sigterm_unwinds
+from segpipe.imageio import atomic_dir, atomic_write_text, broken_links, check_apart, remove_stale_temps
+from tests.helpers import dead_pid
+
+
+@pytest.mark.parametrize(
+    ("out", "relation"),
+    [("data/raw", "is"), ("data", "contains"), (".", "contains"), ("data/raw/processed", "lies inside")],
+)
+def test_an_output_that_is_holds_or_lies_inside_an_input_is_refused(tmp_path, monkeypatch, out, relation):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    with pytest.raises(SegpipeError, match=rf"the output {out} \(OUT_DIR\) {relation} the input data/raw \(INPUT_DIR\)"):
+        check_apart({"OUT_DIR": Path(out)}, {"INPUT_DIR": Path("data/raw")})
+
+
+def test_outputs_beside_the_inputs_pass(tmp_path):
+    (tmp_path / "raw").mkdir()
+    check_apart({"OUT_DIR": tmp_path / "processed", "--metrics": tmp_path / "data.json"}, {"INPUT_DIR": tmp_path / "raw"})
+
+
+def test_symlinks_are_resolved_before_comparing(tmp_path):
+    (tmp_path / "real" / "raw").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(SegpipeError, match="contains the input"):
+        check_apart({"OUT_DIR": tmp_path / "alias"}, [("INPUT_DIR", tmp_path / "real" / "raw")])
+
+
+def test_atomic_dir_replaces_its_own_earlier_output(tmp_path):
+    out = tmp_path / "out"
+    for text in ("first", "second"):
+        with atomic_dir(out, owned=("list.txt",)) as tmp:
+            (tmp / "list.txt").write_text(text)
+    assert (out / "list.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_dir_refuses_a_folder_holding_files_it_did_not_write(tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "chapter1.tex").write_text("months of work")
+    with pytest.raises(SegpipeError, match=r"thesis: holds chapter1\.tex, which this command did not write"):
+        with atomic_dir(out, owned=("images", "masks")):
+            pass
+    assert (out / "chapter1.tex").read_text() == "months of work"
+
+
+def test_atomic_dir_refuses_a_file_and_the_current_folder(tmp_path, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(SegpipeError, match="notes.txt: is a file"):
+        with atomic_dir(notes):
+            pass
+    assert notes.read_text() == "keep me"
+    monkeypatch.chdir(tmp_path / ".")
+    for target in (Path("."), tmp_path.parent):
+        with pytest.raises(SegpipeError, match="is \\(or holds\\) the current folder"):
+            with atomic_dir(target):
+                pass
+
+
+def test_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    dead, alive = dead_pid(), os.getpid()
+    (tmp_path / f".out.tmp-{dead}-x1y2").mkdir()
+    (tmp_path / f".out.tmp-{dead}-x1y2" / "a.png").write_bytes(b"half")
+    (tmp_path / f".last.pt.tmp-{dead}").write_bytes(b"half a checkpoint")
+    (tmp_path / f".best.pt.tmp-{alive}").write_bytes(b"being written")
+    (tmp_path / "notes.tmp-1").write_text("not ours: no leading dot")
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".last.pt.tmp-{dead}", f".out.tmp-{dead}-x1y2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".best.pt.tmp-{alive}", "notes.tmp-1"])
+
+
+def test_stale_temporaries_can_be_limited_to_one_output_name(tmp_path):
+    dead = dead_pid()
+    (tmp_path / f".processed.tmp-{dead}-a").mkdir()
+    (tmp_path / f".splits.tmp-{dead}-b").mkdir()
+    remove_stale_temps(tmp_path, "processed")
+    assert [p.name for p in tmp_path.iterdir()] == [f".splits.tmp-{dead}-b"]
+
+
+def test_previous_output_moved_aside_by_a_killed_run_is_put_back(tmp_path):
+    # Killed between moving the old output aside and publishing the new one: the old one returns.
+    old = tmp_path / f".out.old-{dead_pid()}"
+    old.mkdir()
+    (old / "manifest.csv").write_text("previous")
+    remove_stale_temps(tmp_path)
+    assert (tmp_path / "out" / "manifest.csv").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_dir_clears_stale_temporaries_of_its_target(tmp_path):
+    stale = tmp_path / f".out.tmp-{dead_pid()}-zz"
+    stale.mkdir()
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "a").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_write_leaves_a_name_that_stale_cleanup_recognises(tmp_path):
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_broken_and_looping_symlinks_are_named(tmp_path):
+    (tmp_path / "gone.json").symlink_to(tmp_path / "nowhere.json")
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    (tmp_path / "fine.json").write_text("{}")
+    problems = broken_links(sorted(tmp_path.iterdir()))
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{tmp_path / 'gone.json'}: a symlink to {tmp_path / 'nowhere.json'}")
+    assert problems[1].startswith(f"{tmp_path / 'loop.json'}: a symlink")
+
+
+def test_sigterm_unwinds_the_block_and_exits_143():
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(SystemExit) as info:
+        with sigterm_unwinds():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)  # the handler raises at once; the sleep is never finished
+            except Terminated:
+                cleaned.append(True)
+                raise
+    assert info.value.code == 128 + signal.SIGTERM and cleaned == [True]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_sigterm_during_a_held_block_is_raised_when_the_block_ends():
+    finished = []
+    with pytest.raises(SystemExit):
+        with sigterm_unwinds():
+            with sigterm_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.2)  # the handler notes the signal and the sleep carries on
+                finished.append(True)
+            finished.append(False)  # never reached: raised on leaving the held block
+    assert finished == [True]
+
+
+def test_a_swallowed_sigterm_is_raised_again(monkeypatch):
+    # A Terminated raised inside an at-fork hook or a __del__ is printed and dropped by Python.
+    monkeypatch.setattr(errors, "INSIST_AFTER", 0.2)
+    with pytest.raises(SystemExit):
+        with sigterm_unwinds():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(10)
+            except Terminated:
+                pass
+            time.sleep(10)  # cut short by the repeated signal
