@@ -1,4 +1,4 @@
-"""The `python -m pipeline` command group: one sub-command per stage."""
+"""The `python -m pipeline` command group (the `segpipe` command once installed): one sub-command per stage."""
 
 import typer
 
@@ -20,3 +20,8 @@ app.command("predict")(predict.main)
 app.command("compare")(compare.main)
 app.command("promote")(promote.main)
 app.command("serve")(serve.main)
+
+
+def main() -> None:
+    """The `segpipe` console script of a pip-installed project: the same commands as `python -m pipeline`."""
+    app(prog_name="segpipe")

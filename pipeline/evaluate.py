@@ -13,7 +13,8 @@ def main(
     checkpoint: Annotated[Path, typer.Argument(help="The train stage's checkpoint (best.pt).")],
     processed_dir: Annotated[Path, typer.Argument(help="The convert stage's output.")],
     splits_dir: Annotated[Path, typer.Argument(help="The split stage's output (the ids in val.txt are scored).")],
-    metrics: Annotated[Path, typer.Option(help="Summary metrics JSON (DVC metric).")] = Path("metrics/eval.json"),
+    metrics: Annotated[Path, typer.Option(help="The scores JSON (a DVC metric).")] = Path("metrics/eval.json"),
+    info: Annotated[Path, typer.Option(help="What was scored: image count, absent classes.")] = Path("metrics/eval_info.json"),
     per_class: Annotated[Path, typer.Option(help="Per-class scores CSV.")] = Path("metrics/eval_per_class.csv"),
     per_image: Annotated[Path, typer.Option(help="Per-image IoU and Dice CSV.")] = Path("metrics/eval_per_image.csv"),
     iou_plot: Annotated[Path, typer.Option(help="Per-class IoU CSV (DVC bar plot).")] = Path("metrics/eval_class_iou.csv"),
@@ -29,13 +30,16 @@ def main(
     from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
 
     config = load_params(params)
-    outputs = EvalOutputs(metrics=metrics, per_class=per_class, per_image=per_image, iou_plot=iou_plot, plots_dir=plots_dir)
+    outputs = EvalOutputs(
+        metrics=metrics, info=info, per_class=per_class, per_image=per_image, iou_plot=iou_plot, plots_dir=plots_dir
+    )
     check_apart(
-        {"--metrics": metrics, "--per-class": per_class, "--per-image": per_image, "--iou-plot": iou_plot, "--plots-dir": plots_dir},
+        {"--metrics": metrics, "--info": info, "--per-class": per_class, "--per-image": per_image,
+         "--iou-plot": iou_plot, "--plots-dir": plots_dir},
         {"CHECKPOINT": checkpoint, "PROCESSED_DIR": processed_dir, "SPLITS_DIR": splits_dir},
     )
     samples = validation_samples(processed_dir, splits_dir)
-    result = evaluate(checkpoint, samples, outputs, config.evaluate, classes=config.base.classes, progress=not quiet)
-    miou = "n/a" if result["miou"] is None else f"{result['miou']:.4f}"
-    typer.echo(f"evaluate: mIoU {miou} over {result['images']} images -> {metrics}")
-    typer.echo(f"evaluate: {absent_report(result)}")
+    report = evaluate(checkpoint, samples, outputs, config.evaluate, classes=config.base.classes, progress=not quiet)
+    miou = "n/a" if report.metrics["miou"] is None else f"{report.metrics['miou']:.4f}"
+    typer.echo(f"evaluate: mIoU {miou} over {report.info['images']} images -> {metrics}")
+    typer.echo(f"evaluate: {absent_report(report.info)}")

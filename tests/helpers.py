@@ -149,6 +149,7 @@ def make_project(root: Path, images: int = 12, overrides: dict = TINY) -> Path:
     run(["git", "config", "user.name", "test"], root)
     run(["dvc", "init", "-q"], root)
     run(["dvc", "config", "core.analytics", "false"], root)
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # dvc.yaml's plot templates
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny project"], root)
     return root

@@ -89,3 +89,23 @@ def test_missing_and_malformed_files_are_named(tmp_path: Path):
     bad.write_text("base: [unclosed\n")
     with pytest.raises(SegpipeError, match="bad.yaml: not valid YAML"):
         load_params(bad)
+
+
+def test_a_loaded_file_keeps_how_it_spelt_each_value(tmp_path: Path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "base:\n  experiment: \"my run\"   # quoted\n  classes:\n    - bg\n    - fg\n"
+        "augment:\n  rotate_limit: 30\n  blur_sigma: [0.3,\n    1.5]\n"
+        "data:\n  mask_colors: {bg: 0, fg: \"#FF0000\"}\n"
+    )
+    params = load_params(path)
+    assert params.augment.rotate_limit == 30.0
+    assert params.spelling == {
+        "base.experiment": "my run",
+        "base.classes": "[bg, fg]",
+        "augment.rotate_limit": "30",
+        "augment.blur_sigma": "[0.3, 1.5]",
+        "data.mask_colors.bg": "0",
+        "data.mask_colors.fg": "#FF0000",
+    }
+    assert parse_params({"augment": {"rotate_limit": 30}}).spelling == {}  # not from a file

@@ -57,7 +57,7 @@ def test_hand_computed_4x4_case():
         np.testing.assert_allclose(scores.per_class[name], values, err_msg=name)
     assert scores.accuracy == pytest.approx(11 / 14)  # trace 3 + 3 + 5 over 14 pixels
     assert scores.miou == pytest.approx((3 / 5 + 3 / 6 + 5 / 6) / 3)
-    assert scores.mpa == scores.mrecall == pytest.approx((3 / 4 + 3 / 4 + 5 / 6) / 3)
+    assert scores.mpa == pytest.approx((3 / 4 + 3 / 4 + 5 / 6) / 3)
     assert scores.mprecision == pytest.approx((3 / 4 + 3 / 5 + 1) / 3)
     assert scores.mdice == pytest.approx((6 / 8 + 6 / 9 + 10 / 11) / 3)
     assert scores.present.tolist() == [True, True, True]
@@ -82,7 +82,7 @@ def test_absent_class_is_nan_left_out_of_means_and_reported():
 
     report = scores.as_dict(["a", "b", "c", "d"])
     assert report["absent_classes"] == ["d"]
-    for prefix in ("iou", "pa", "precision", "recall", "dice"):
+    for prefix in ("iou", "pa", "precision", "dice"):
         assert report[f"{prefix}_d"] is None
     assert report["miou"] == pytest.approx((3 / 5 + 3 / 6 + 5 / 6) / 3)
 
@@ -96,17 +96,17 @@ def test_class_only_predicted_has_iou_zero_and_undefined_recall():
     assert scores.per_class["iou"][1] == 0 and scores.per_class["precision"][1] == 0
     assert math.isnan(scores.per_class["recall"][1])
     assert scores.miou == pytest.approx((3 / 4 + 0) / 2)  # class 0: TP 3, FN 1
-    assert scores.mrecall == pytest.approx(3 / 4)  # over classes with ground truth only
+    assert scores.mpa == pytest.approx(3 / 4)  # over classes with ground truth only
     assert scores.mprecision == pytest.approx((1 + 0) / 2)  # over classes with predictions
-    assert scores.as_dict(["bg", "fg"])["recall_fg"] is None
+    assert scores.as_dict(["bg", "fg"])["pa_fg"] is None
 
 
 def test_as_dict_keys_are_stable_and_json_ready():
     report = image_scores(TARGET, PREDICTION, num_classes=3).as_dict(["bg", "road", "car"])
-    means = ["miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy"]
-    per_class = [f"{p}_{c}" for p in ("iou", "pa", "precision", "recall", "dice") for c in ("bg", "road", "car")]
-    assert list(report) == [*means, *per_class, "absent_classes"]
-    assert report["pa_car"] == report["recall_car"] == pytest.approx(5 / 6)
+    means = ["miou", "mpa", "mprecision", "mdice", "accuracy"]
+    per_class = [f"{p}_{c}" for p in ("iou", "pa", "precision", "dice") for c in ("bg", "road", "car")]
+    assert list(report) == [*means, *per_class, "absent_classes"]  # pixel accuracy once, not again as recall
+    assert report["pa_car"] == pytest.approx(5 / 6)
     assert json.loads(json.dumps(report, allow_nan=False)) == report
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import multiprocessing
 import os
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -13,8 +14,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from segpipe.models.checkpoint import MODEL_KEYS
 from segpipe.training import stage as run_module
 from segpipe import tracking
+from segpipe.config import load_params
 from segpipe.training.stage import TrainOutputs, train_stage
 from tests.helpers import Interrupt, tiny_params, tiny_samples, use_tmp_mlflow
 
@@ -25,6 +28,7 @@ def outputs_in(root: Path) -> TrainOutputs:
     return TrainOutputs(
         models_dir=root / "models",
         metrics=root / "metrics" / "train.json",
+        info=root / "metrics" / "train_info.json",
         history=root / "metrics" / "train_history.csv",
         plots_dir=root / "plots" / "train",
     )
@@ -43,22 +47,27 @@ def staged(tmp_path_factory):
         monkeypatch.setenv("DVC_EXP_NAME", "exp-tiny")
         torch.set_num_threads(1)
         try:
-            metrics = train_stage(params, samples[:2], samples[2:], outputs, progress=False)
+            report = train_stage(params, samples[:2], samples[2:], outputs, progress=False)
         finally:
             torch.set_num_threads(threads)
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    return {"root": root, "params": params, "samples": samples, "outputs": outputs, "metrics": metrics, "client": client}
+    return {"root": root, "params": params, "samples": samples, "outputs": outputs, "report": report, "client": client}
 
 
-def test_metrics_json_sums_up_the_run(staged):
+def test_metrics_json_holds_the_results_only(staged):
     metrics = json.loads(staged["outputs"].metrics.read_text())
-    assert metrics == staged["metrics"]
-    assert set(metrics) == {
-        "best_epoch", "best_val_miou", "final_train_loss", "final_val_loss", "final_val_miou",
-        "epochs", "train_images", "val_images", "seconds",
-    }
-    assert (metrics["epochs"], metrics["train_images"], metrics["val_images"]) == (3, 2, 1)
-    assert metrics["best_epoch"] in (2, 3)  # the validated epochs
+    assert metrics == staged["report"].metrics
+    assert set(metrics) == {"best_val_miou", "final_train_loss", "final_val_loss", "final_val_miou"}
+    history = list(csv.DictReader(staged["outputs"].history.open()))
+    assert metrics["final_val_miou"] == pytest.approx(float(history[-1]["val_miou"]), abs=1e-6)
+
+
+def test_info_json_holds_counts_and_durations(staged):
+    info = json.loads(staged["outputs"].info.read_text())
+    assert info == staged["report"].info
+    assert (info["epochs"], info["train_images"], info["val_images"]) == (3, 2, 1)
+    assert info["best_epoch"] in (2, 3)  # the validated epochs
+    assert info["seconds"] > 0
 
 
 def test_history_has_one_row_per_epoch_and_empty_val_cells_between_evaluations(staged):
@@ -92,7 +101,7 @@ def test_an_mlflow_run_holds_the_flat_params_per_epoch_metrics_and_dvc_tags(stag
     assert run.data.params["train.lr"] == "0.003"
     assert run.data.params["model.backbone"] == "plain"
     assert run.data.params["base.classes"] == '["background", "lesion"]'
-    assert run.data.params == tracking.flatten(staged["params"].model_dump(mode="json"))
+    assert run.data.params == tracking.flatten(staged["params"].model_dump(mode="json"))  # not from a file: JSON
     samples = staged["samples"]
     files = [p for s in samples for p in (s.image, s.mask)]
     assert run.data.tags["segpipe.params_hash"] == tracking.content_hash(staged["params"].model_dump(mode="json"))
@@ -101,9 +110,35 @@ def test_an_mlflow_run_holds_the_flat_params_per_epoch_metrics_and_dvc_tags(stag
     steps = {name: [m.step for m in client.get_metric_history(run.info.run_id, name)] for name in
              ("train_loss", "val_loss", "val_miou", "lr")}
     assert steps == {"train_loss": [1, 2, 3], "val_loss": [2, 3], "val_miou": [2, 3], "lr": [1, 2, 3]}
-    assert run.data.metrics["best_val_miou"] == pytest.approx(staged["metrics"]["best_val_miou"], abs=1e-6)
+    assert run.data.metrics["best_val_miou"] == pytest.approx(staged["report"].metrics["best_val_miou"], abs=1e-6)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {"plots/loss.png", "plots/miou.png"}
+
+
+def test_the_run_charts_results_and_tags_the_counts(staged):
+    run = staged["client"].search_runs([staged["client"].get_experiment_by_name(EXPERIMENT).experiment_id])[0]
+    assert set(run.data.metrics) == {"train_loss", "val_loss", "val_miou", "lr", "best_val_miou"}
+    info = staged["report"].info
+    assert run.data.tags["segpipe.best_epoch"] == str(info["best_epoch"])
+    assert run.data.tags["segpipe.train_images"] == "2" and run.data.tags["segpipe.epochs"] == "3"
+
+
+def test_the_logged_checkpoint_has_no_training_state_and_last_pt_keeps_it(staged, tmp_path):
+    client, report = staged["client"], staged["report"]
+    local = Path(client.download_artifacts(report.run_id, "checkpoints/best.pt", str(tmp_path)))
+    logged = torch.load(local, weights_only=True)
+    assert set(logged) == set(MODEL_KEYS)
+    on_disk = torch.load(report.best_checkpoint, weights_only=True)
+    for key, value in on_disk["model"].items():
+        assert torch.equal(logged["model"][key], value)
+    assert {"optimizer", "scheduler", "rng"} <= set(torch.load(staged["outputs"].models_dir / "last.pt", weights_only=True))
+    assert local.stat().st_size < report.best_checkpoint.stat().st_size / 2  # Adam's two moments are gone
+
+
+def test_the_report_says_where_the_run_is(staged):
+    report, client = staged["report"], staged["client"]
+    assert report.best_checkpoint == staged["outputs"].models_dir / "best.pt"
+    assert client.get_run(report.run_id).info.experiment_id == report.experiment_id
 
 
 def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflow_env, monkeypatch):
@@ -113,8 +148,8 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
     samples = tiny_samples(tmp_path / "processed")
     outputs = outputs_in(tmp_path)
     with pytest.warns(UserWarning, match="MLflow start failed; going on without tracking"):
-        metrics = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
-    assert metrics["epochs"] == 1
+        report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
+    assert report.info["epochs"] == 1 and report.run_id is None
     assert outputs.metrics.exists() and (outputs.models_dir / "best.pt").exists()
     assert not (outputs.models_dir / tracking.RUN_ID_FILE).exists()
     assert mlflow.active_run() is None
@@ -178,3 +213,47 @@ def test_parallel_runs_on_a_fresh_sqlite_store_all_succeed(tmp_path: Path):
 def test_params_are_logged_in_the_spelling_of_params_yaml():
     flat = tracking.flatten({"model": {"cbam": True, "backbone": "vgg16"}, "augment": {"blur_sigma": [0.3, 1.5]}})
     assert flat == {"model.cbam": "true", "model.backbone": "vgg16", "augment.blur_sigma": "[0.3, 1.5]"}
+
+
+def test_params_from_a_file_are_logged_as_the_file_spells_them_and_filters_match(tmp_path: Path, mlflow_env):
+    path = tmp_path / "params.yaml"
+    path.write_text("augment:\n  rotate_limit: 30\n  blur_sigma: [0.3,  1.5]\nbase:\n  classes:\n    - background\n    - lesion\n")
+    params = load_params(path)
+    assert params.augment.rotate_limit == 30.0  # typed as a float...
+    logged = tracking.logged_params(params)
+    assert logged["augment.rotate_limit"] == "30"  # ...logged as written
+    assert logged["augment.blur_sigma"] == "[0.3, 1.5]"
+    assert logged["base.classes"] == "[background, lesion]"
+    assert logged["train.lr"] == "0.003"  # not in the file: the default, in JSON spelling
+    assert set(logged) == set(tracking.flatten(params.model_dump(mode="json")))
+    tracker = tracking.Tracker()
+    tracker.start("spelling", "r", logged, {})
+    tracker.end()
+    client = MlflowClient()
+    found = client.search_runs([tracker.experiment_id], "params.augment.rotate_limit = '30'")
+    assert [run.info.run_id for run in found] == [tracker.run_id]
+
+
+def test_a_dvc_experiment_run_is_named_after_the_experiment(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("DVC_EXP_NAME", "enhanced")
+    assert tracking.run_name(tmp_path) == "enhanced"
+
+
+def test_a_workspace_run_is_named_after_the_commit(monkeypatch, tmp_path: Path):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert tracking.run_name(tmp_path) == "workspace"  # not a git repo
+    for command in (["init", "-q"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True, capture_output=True)
+    commit = tracking.git_commit(tmp_path)
+    assert tracking.run_name(tmp_path) == f"workspace@{commit[:7]}"
+
+
+def test_the_ui_command_and_the_model_training_view_url(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.ui_command(uri, cwd=tmp_path) == "mlflow ui --backend-store-uri sqlite:///mlflow.db"
+    assert tracking.ui_command(uri, cwd=tmp_path / "elsewhere") == f"mlflow ui --backend-store-uri {uri}"
+    assert tracking.ui_command("http://127.0.0.1:5050") is None  # a server is its own UI
+    assert tracking.training_view_url(uri, "7") == "http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning"
+    assert tracking.training_view_url("http://host:5050/", "7") == (
+        "http://host:5050/#/experiments/7?workflowType=machine_learning"
+    )

@@ -50,11 +50,17 @@ def test_any_http_answer_counts_as_a_live_server_and_local_stores_need_none():
 def test_training_with_a_dead_server_warns_once_and_runs_without_tracking(tmp_path: Path, mlflow_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
     samples = tiny_samples(tmp_path / "processed")
-    outputs = TrainOutputs(tmp_path / "models", tmp_path / "train.json", tmp_path / "history.csv", tmp_path / "plots")
+    outputs = TrainOutputs(
+        models_dir=tmp_path / "models",
+        metrics=tmp_path / "train.json",
+        info=tmp_path / "train_info.json",
+        history=tmp_path / "history.csv",
+        plots_dir=tmp_path / "plots",
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
+        report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     messages = [str(w.message) for w in caught if "MLflow" in str(w.message) or "tracking" in str(w.message)]
     assert len(messages) == 1 and "did not answer within 3 s; going on without tracking" in messages[0]
-    assert metrics["epochs"] == 1 and (outputs.models_dir / "best.pt").exists()
+    assert report.info["epochs"] == 1 and (outputs.models_dir / "best.pt").exists()
     assert not (outputs.models_dir / tracking.RUN_ID_FILE).exists()

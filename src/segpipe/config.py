@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from segpipe.errors import SegpipeError
 
@@ -161,6 +161,14 @@ class Params(Section):
     train: TrainSection = TrainSection()
     evaluate: EvaluateSection = EvaluateSection()
     serve: ServeSection = ServeSection()
+    # How the params file spelt each value it gives ("augment.rotate_limit" -> "30", where the
+    # typed value is 30.0), for records that must read as the file does (MLflow params).
+    _spelling: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def spelling(self) -> dict[str, str]:
+        """Flat key -> the value's text in the params file; empty when not loaded from a file."""
+        return dict(self._spelling)
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
@@ -252,4 +260,24 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         raise SegpipeError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise SegpipeError(f"{path}: nested too deeply to read (thousands of levels); params are two or three levels deep") from None
-    return parse_params(data, str(path))
+    params = parse_params(data, str(path))
+    params._spelling = yaml_spelling(yaml.compose(text), text)
+    return params
+
+
+def yaml_spelling(node: yaml.Node | None, text: str, prefix: str = "") -> dict[str, str]:
+    """Every leaf of a YAML document under its flat key, as written: {"train.lr": "0.003",
+    "augment.blur_sigma": "[0.3, 1.5]"}. Scalars lose their quotes; a block list reads "[a, b]"."""
+    if isinstance(node, yaml.MappingNode):
+        spelt: dict[str, str] = {}
+        for key, value in node.value:
+            spelt.update(yaml_spelling(value, text, f"{prefix}{key.value}."))
+        return spelt
+    name = prefix.removesuffix(".")
+    if isinstance(node, yaml.ScalarNode):
+        return {name: node.value}
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(item, yaml.ScalarNode) for item in node.value):
+        if node.flow_style:
+            return {name: " ".join(text[node.start_mark.index : node.end_mark.index].split())}
+        return {name: "[" + ", ".join(item.value for item in node.value) + "]"}
+    return {}  # empty document, or nested lists, which no setting has

@@ -22,9 +22,9 @@ A ratio whose denominator is 0 is NaN (undefined), not 0. So a class that is pre
 no ground-truth pixels has IoU 0, precision 0 and recall NaN; a class with ground truth that is
 never predicted has recall 0 and precision NaN. The means are NaN-means over present classes, so
 
-    mIoU, mDice         average over classes in the ground truth or the prediction,
-    mPA (= mRecall)     average over classes with ground-truth pixels,
-    mPrecision          average over classes with predicted pixels.
+    mIoU, mDice           average over classes in the ground truth or the prediction,
+    mPA (the mean recall) average over classes with ground-truth pixels,
+    mPrecision            average over classes with predicted pixels.
 """
 
 from __future__ import annotations
@@ -102,16 +102,12 @@ class SegmentationScores:
 
     @property
     def mpa(self) -> float:
-        """Mean per-class pixel accuracy, the same number as `mrecall`."""
+        """Mean per-class pixel accuracy (the first paper's mPA), which is the mean recall."""
         return self.mean("recall")
 
     @property
     def mprecision(self) -> float:
         return self.mean("precision")
-
-    @property
-    def mrecall(self) -> float:
-        return self.mean("recall")
 
     @property
     def mdice(self) -> float:
@@ -120,10 +116,11 @@ class SegmentationScores:
     def as_dict(self, class_names: Sequence[str]) -> dict[str, float | None | list[str]]:
         """Flat, JSON-ready scores with stable keys.
 
-        Keys: miou, mpa, mprecision, mrecall, mdice, accuracy; per class iou_<name>, pa_<name>,
-        precision_<name>, recall_<name>, dice_<name>; and absent_classes, the list of class names
-        that occur in neither ground truth nor prediction. Every undefined value (an absent
-        class, recall of a class without ground truth, ...) is None, which JSON writes as null.
+        Keys: miou, mpa, mprecision, mdice, accuracy; per class iou_<name>, pa_<name> (pixel
+        accuracy, which is recall: one name for one number), precision_<name>, dice_<name>; and
+        absent_classes, the list of class names that occur in neither ground truth nor
+        prediction. Every undefined value (an absent class, pixel accuracy of a class without
+        ground truth, ...) is None, which JSON writes as null.
         """
         if len(class_names) != self.num_classes:
             raise SegpipeError(
@@ -133,13 +130,10 @@ class SegmentationScores:
             "miou": _or_none(self.miou),
             "mpa": _or_none(self.mpa),
             "mprecision": _or_none(self.mprecision),
-            "mrecall": _or_none(self.mrecall),
             "mdice": _or_none(self.mdice),
             "accuracy": _or_none(self.accuracy),
         }
-        # pa_<name> repeats recall_<name>: per-class pixel accuracy is recall.
-        for prefix, name in (("iou", "iou"), ("pa", "recall"), ("precision", "precision"), ("recall", "recall"),
-                             ("dice", "dice")):
+        for prefix, name in (("iou", "iou"), ("pa", "recall"), ("precision", "precision"), ("dice", "dice")):
             for index, class_name in enumerate(class_names):
                 scores[f"{prefix}_{class_name}"] = _or_none(self.per_class[name][index])
         scores["absent_classes"] = [name for name, present in zip(class_names, self.present) if not present]

@@ -12,6 +12,15 @@ OVERLAY_ALPHA = 0.5
 # Class colours for overlays: VOC colours, except that class 1 of the VOC map (dark red,
 # 128, 0, 0) is hard to see on skin and tissue, so the foreground of 2-class models is bright red.
 BINARY_COLOUR = (255, 0, 0)
+# Error colours of evaluate's gallery: saturated, unlike the dark VOC class colours, and told
+# apart without red and green (colour blindness).
+ERROR_COLOURS = {
+    "false positive": (255, 0, 255),  # magenta
+    "false negative": (0, 200, 255),  # cyan
+    "wrong class": (255, 220, 0),  # yellow
+}
+ERROR_ALPHA = 0.75
+
 
 def voc_palette(n: int = 256) -> list[int]:
     """The Pascal VOC colour map: class 0 black, 1 dark red, 2 dark green, ...; 255 shows as white-ish."""
@@ -59,3 +68,25 @@ def colour_overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alph
     foreground = labels > 0
     blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colours[foreground]
     return blended.round().astype(np.uint8)
+
+
+def error_overlay(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, ignore_index: int = 255, alpha: float = ERROR_ALPHA
+) -> np.ndarray:
+    """(H, W, 3) uint8: the image in gray with each wrongly predicted pixel in its `ERROR_COLOURS` colour.
+
+    Class 0 is the background: a false positive is foreground predicted on background, a false
+    negative background predicted on foreground, and a wrong class one foreground class predicted
+    for another. Pixels whose truth is `ignore_index` (left out by the metrics) are not errors.
+    """
+    gray = image.astype(np.float32).mean(axis=2, keepdims=True).repeat(3, axis=2)
+    labelled = truth != ignore_index
+    wrong = labelled & (prediction != truth)
+    regions = {
+        "false positive": wrong & (truth == 0),
+        "false negative": wrong & (prediction == 0),
+        "wrong class": wrong & (truth != 0) & (prediction != 0),
+    }
+    for name, where in regions.items():
+        gray[where] = (1 - alpha) * gray[where] + alpha * np.array(ERROR_COLOURS[name], np.float32)
+    return gray.round().astype(np.uint8)

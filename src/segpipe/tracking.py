@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from segpipe.config import Params
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; use a tracking server for parallel runs
@@ -33,6 +36,7 @@ except ImportError:  # Windows: no advisory locks; use a tracking server for par
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id.txt"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # Where the evaluate stage puts its per-image scores in the training run (read by `compare`).
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
 
@@ -59,6 +63,33 @@ def project_root(start: Path | None = None) -> Path:
 
 def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or project_root()) / 'mlflow.db'}"
+
+
+def ui_command(uri: str, cwd: Path | None = None) -> str | None:
+    """The command that serves the MLflow UI for the store `uri` (relative to `cwd` when the
+    database lies below it); None for a tracking server, which serves its own UI."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    here = Path(cwd or Path.cwd()).resolve()
+    database = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if database is not None and database.is_absolute() and database.is_relative_to(here):
+        uri = f"sqlite:///{database.relative_to(here)}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def training_view_url(uri: str, experiment_id: str) -> str:
+    """The address of an experiment in the MLflow UI's model-training view: MLflow 3 opens
+    experiments in its GenAI view unless the URL asks for `workflowType=machine_learning`."""
+    address = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return f"{address}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def logged_params(params: Params) -> dict[str, str]:
+    """Every setting under its flat key, spelt as the params file spells it (`augment.rotate_limit`
+    "30", not the typed 30.0), so a filter copied from params.yaml matches; keys the file leaves
+    out get their default in JSON spelling."""
+    spelt = params.spelling
+    return {key: spelt.get(key, value) for key, value in flatten(params.model_dump(mode="json")).items()}
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -122,6 +153,7 @@ class Tracker:
 
     def __init__(self, enabled: bool = True) -> None:
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.uri = tracking_uri()
         self._mlflow = None
         # MLflow retries a dead server for minutes before it fails; a short check fails over in seconds.
@@ -168,7 +200,7 @@ class Tracker:
                 run = mlflow.start_run(run_name=run_name, tags=dict(tags))
                 for chunk in _chunks(list(flatten(params).items()), 100):  # MLflow caps params per call
                     mlflow.log_params(dict(chunk))
-            self.run_id = run.info.run_id
+            self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
 
         self._guard("start", start)
 
@@ -196,6 +228,10 @@ class Tracker:
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 clean[key] = float(value)
         self._guard("log_metrics", lambda: self._mlflow.log_metrics(clean, step=step))
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the run: facts about it that are not results (counts, durations), kept off the metric charts."""
+        self._guard("set_tags", lambda: self._mlflow.set_tags(dict(tags)))
 
     def log_artifact(self, path: Path, folder: str | None = None, name: str | None = None) -> None:
         """Log a file under `folder`, as `name` when given (a fixed name other tools can find)."""
@@ -279,9 +315,13 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def run_name() -> str | None:
-    """The DVC experiment's name, so MLflow and `dvc exp show` call a run the same."""
-    return os.environ.get("DVC_EXP_NAME") or None
+def run_name(root: Path | None = None) -> str:
+    """The DVC experiment's name, so MLflow and `dvc exp show` call a run the same; outside an
+    experiment (`dvc repro`), `workspace@<short commit>` (`workspace` outside git)."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    commit = git_commit(root or project_root())
+    return f"workspace@{commit[:7]}" if commit else "workspace"
 
 
 def dvc_tags(root: Path, params_hash: str, data_hash: str) -> dict[str, str]:

@@ -25,12 +25,14 @@ def test_evaluate_writes_every_output_and_reports(tmp_path, processed, monkeypat
     m = tmp_path / "metrics"
     result = runner.invoke(app, [
         "evaluate", str(checkpoint), str(processed), str(splits),
-        "--metrics", str(m / "eval.json"), "--per-class", str(m / "pc.csv"), "--per-image", str(m / "pi.csv"),
+        "--metrics", str(m / "eval.json"), "--info", str(m / "info.json"),
+        "--per-class", str(m / "pc.csv"), "--per-image", str(m / "pi.csv"),
         "--iou-plot", str(m / "iou.csv"), "--plots-dir", str(tmp_path / "plots"), "--params", str(params), "-q",
     ])
     assert result.exit_code == 0, result.output
     assert "over 2 images" in result.output
-    assert json.loads((m / "eval.json").read_text())["images"] == 2
+    assert json.loads((m / "info.json").read_text())["images"] == 2
+    assert "miou" in json.loads((m / "eval.json").read_text())
     assert len((m / "pi.csv").read_text().splitlines()) == 3
     assert (tmp_path / "plots" / "gallery.png").is_file()
 

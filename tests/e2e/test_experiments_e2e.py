@@ -57,6 +57,15 @@ def test_exp_show_holds_both_experiments_with_params_and_eval_metrics(project: P
         assert 0 <= found[name]["metrics"]["metrics/eval.json"]["data"]["miou"] <= 1
 
 
+def test_the_readme_exp_show_view_is_narrow_and_shows_the_compared_params(project: Path):
+    pattern = ".*/|Created|final_|(iou|pa|precision|dice)_"  # as in the README
+    header = run(["dvc", "exp", "show", "--only-changed", "--drop", pattern, "--csv"], project).splitlines()[0]
+    columns = header.split(",")
+    assert {"model.cbam", "augment.enabled", "miou", "mdice", "mpa", "best_val_miou"} <= set(columns)
+    assert not [c for c in columns if "/" in c or c.startswith(("iou_", "pa_", "dice_", "final_", "images"))]
+    assert len(columns) <= 14, columns
+
+
 def test_both_runs_are_in_one_mlflow_experiment_under_their_dvc_names(project: Path):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("segpipe")

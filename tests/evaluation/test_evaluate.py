@@ -62,6 +62,7 @@ def hand_case(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_module, "model_from_checkpoint", lambda ckpt: RedIsLesion())
     out = EvalOutputs(
         metrics=tmp_path / "m" / "eval.json",
+        info=tmp_path / "m" / "eval_info.json",
         per_class=tmp_path / "m" / "per_class.csv",
         per_image=tmp_path / "m" / "per_image.csv",
         iou_plot=tmp_path / "m" / "iou.csv",
@@ -79,11 +80,11 @@ EXPECTED = {
     "iou_background": 24 / 29,
     "iou_lesion": 2 / 7,
     "precision_lesion": 2 / 5,
-    "recall_lesion": 2 / 4,
+    "pa_lesion": 2 / 4,
     "pa_background": 24 / 27,
     "dice_lesion": 4 / 9,
     "mprecision": (24 / 26 + 2 / 5) / 2,
-    "mrecall": (24 / 27 + 2 / 4) / 2,
+    "mpa": (24 / 27 + 2 / 4) / 2,
     "accuracy": 26 / 31,
 }
 
@@ -95,22 +96,30 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_scores_match_the_hand_computed_confusion_matrix(hand_case):
     checkpoint, samples, out = hand_case
-    metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=1), progress=False)
+    report = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=1), progress=False)
     written = json.loads(out.metrics.read_text())
-    assert written == metrics
+    assert written == report.metrics
     for key, value in EXPECTED.items():
         assert written[key] == pytest.approx(value), key
-    assert written["images"] == 2
+
+
+def test_metrics_json_holds_scores_only_and_the_info_json_what_was_scored(hand_case):
+    checkpoint, samples, out = hand_case
+    evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
+    written = json.loads(out.metrics.read_text())
+    assert all(isinstance(value, float) or value is None for value in written.values())
+    assert not any(key.startswith("recall") or key == "mrecall" for key in written)  # recall is pa_*, once
+    assert json.loads(out.info.read_text()) == {"images": 2, "absent_classes": ["other"]}
 
 
 def test_absent_class_is_null_reported_and_left_out_of_the_means(hand_case):
     checkpoint, samples, out = hand_case
-    metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
-    assert metrics["absent_classes"] == ["other"]
-    assert metrics["iou_other"] is None and metrics["dice_other"] is None
+    report = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
+    assert report.info["absent_classes"] == ["other"]
+    assert report.metrics["iou_other"] is None and report.metrics["dice_other"] is None
     assert "NaN" not in out.metrics.read_text()
-    assert absent_report(metrics) == "absent from ground truth and prediction, left out of the means: other"
-    assert metrics["miou"] == pytest.approx(EXPECTED["miou"])  # a mean over 2 classes, not 3
+    assert absent_report(report.info) == "absent from ground truth and prediction, left out of the means: other"
+    assert report.metrics["miou"] == pytest.approx(EXPECTED["miou"])  # a mean over 2 classes, not 3
 
 
 def test_per_class_csv_has_counts_and_blank_undefined_cells(hand_case):
@@ -121,6 +130,7 @@ def test_per_class_csv_has_counts_and_blank_undefined_cells(hand_case):
     assert (rows["background"]["gt_pixels"], rows["background"]["pred_pixels"]) == ("27", "26")
     assert (rows["lesion"]["gt_pixels"], rows["lesion"]["pred_pixels"]) == ("4", "5")
     assert float(rows["lesion"]["pixel_accuracy"]) == pytest.approx(0.5)
+    assert "recall" not in rows["lesion"]  # the same number as pixel_accuracy: not a second column
     assert rows["other"]["iou"] == "" and rows["other"]["present"] == "False"
     plot_rows = read_csv(out.iou_plot)
     assert [row["class"] for row in plot_rows] == ["background", "lesion"]
@@ -160,10 +170,13 @@ def test_metrics_are_logged_to_the_training_run(hand_case, tmp_path, monkeypatch
     checkpoint, samples, out = hand_case
     (checkpoint.parent / RUN_ID_FILE).write_text(run.info.run_id + "\n")
     evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
-    logged = mlflow.MlflowClient(uri).get_run(run.info.run_id).data.metrics
+    data = mlflow.MlflowClient(uri).get_run(run.info.run_id).data
+    logged = data.metrics
     assert logged["miou"] == pytest.approx(EXPECTED["miou"])
-    assert logged["images"] == 2 and logged["val_miou"] == 0.5
+    assert logged["val_miou"] == 0.5
     assert math.isnan(logged["iou_other"])  # undefined: NaN, so every run has the same names
+    assert "images" not in logged  # a count, not a result: a tag, off the metric charts
+    assert data.tags["segpipe.eval_images"] == "2" and data.tags["segpipe.absent_classes"] == "other"
     artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(run.info.run_id, "eval")}
     assert PER_IMAGE_ARTIFACT in artifacts  # the fixed name `compare` reads
     assert mlflow.MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
@@ -174,8 +187,8 @@ def test_mlflow_failure_is_a_warning_and_the_files_are_still_written(hand_case, 
     checkpoint, samples, out = hand_case
     (checkpoint.parent / RUN_ID_FILE).write_text("0123456789abcdef\n")
     with pytest.warns(UserWarning, match="MLflow reopen failed"):
-        metrics = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
-    assert math.isclose(json.loads(out.metrics.read_text())["miou"], metrics["miou"])
+        report = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
+    assert math.isclose(json.loads(out.metrics.read_text())["miou"], report.metrics["miou"])
 
 
 def test_a_checkpoint_trained_on_other_classes_is_refused_before_anything_is_written(hand_case, tmp_path):
@@ -190,5 +203,5 @@ def test_a_checkpoint_trained_on_other_classes_is_refused_before_anything_is_wri
 
 def test_matching_classes_pass(hand_case):
     checkpoint, samples, out = hand_case
-    metrics = evaluate(checkpoint, samples, out, EvaluateSection(device="cpu"), classes=tuple(CLASSES), progress=False)
-    assert metrics["images"] == 2
+    report = evaluate(checkpoint, samples, out, EvaluateSection(device="cpu"), classes=tuple(CLASSES), progress=False)
+    assert report.info["images"] == 2

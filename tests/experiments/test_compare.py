@@ -141,7 +141,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
             client.log_param(run.info.run_id, "model.cbam", str(cbam).lower())
             client.log_param(run.info.run_id, "base.seed", str(seed))
             scores = lesion + 0.1 * cbam + rng.normal(0, 0.01, len(IDS))
-            for metric in ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy"):
+            for metric in ("miou", "mpa", "mprecision", "mdice", "accuracy"):
                 client.log_metric(run.info.run_id, metric, 0.6 + 0.05 * cbam + 0.01 * seed)
             folder = root / name
             folder.mkdir()

@@ -48,8 +48,11 @@ def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed
     (splits / "val.txt").write_text("img001\nimg003\nimg004\n")
     samples = validation_samples(processed, splits)
     checkpoint = balance(tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=32), [s.image for s in samples])
-    out = EvalOutputs(tmp_path / "eval.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv", tmp_path / "plots")
-    metrics = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
+    out = EvalOutputs(
+        tmp_path / "eval.json", tmp_path / "info.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv",
+        tmp_path / "plots",
+    )
+    evaluated = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
 
     report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", PredictOptions(batch_size=2), progress=False)
     assert report.ok and len(report.written) == 3
@@ -57,8 +60,9 @@ def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed
     for sample in samples:
         written = np.asarray(Image.open(tmp_path / "pred" / f"{sample.id}.png"))
         matrix.update(read_class_mask(sample.mask), (written == 255).astype(np.uint8))
-    rescored = {**matrix.compute().as_dict(["background", "lesion"]), "images": 3}
-    assert rescored == json.loads(out.metrics.read_text()) == metrics
+    rescored = matrix.compute().as_dict(["background", "lesion"])
+    assert rescored.pop("absent_classes") == evaluated.info["absent_classes"] == []
+    assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
     assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
 
 

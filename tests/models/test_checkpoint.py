@@ -10,7 +10,15 @@ import torch
 
 from segpipe.errors import SegpipeError
 from segpipe.models import checkpoint as checkpoint_module
-from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segpipe.models.checkpoint import (
+    MODEL_KEYS,
+    checkpoint_contents,
+    load_checkpoint,
+    load_model,
+    model_from_checkpoint,
+    save_checkpoint,
+    write_deployment_checkpoint,
+)
 from segpipe.training.loop import fit
 from tests.helpers import tiny_params, tiny_samples
 
@@ -99,3 +107,23 @@ def test_a_file_that_is_no_checkpoint_is_refused_by_name(tmp_path: Path, content
 def test_a_missing_checkpoint_says_to_train_first(tmp_path: Path):
     with pytest.raises(SegpipeError, match=r"missing\.pt: checkpoint not found; run the train stage first"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_the_deployment_checkpoint_keeps_the_model_and_drops_the_training_state(trained, tmp_path: Path):
+    models, _ = trained
+    deployed = write_deployment_checkpoint(models / "best.pt", tmp_path / "best.pt")
+    contents = torch.load(deployed, map_location="cpu", weights_only=True)
+    assert set(contents) == set(MODEL_KEYS)  # no optimizer, scheduler, scaler, RNG or history
+    original = load_model(models / "best.pt")
+    loaded = load_model(deployed)
+    assert (loaded.classes, loaded.image_size, loaded.params) == (original.classes, original.image_size, original.params)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(images), original.model.eval()(images))
+    assert deployed.stat().st_size < (models / "best.pt").stat().st_size / 2
+
+
+def test_model_keys_are_exactly_what_checkpoint_contents_writes_without_training_state(trained):
+    models, state = trained
+    params = tiny_params()
+    assert tuple(checkpoint_contents(state.model, params)) == MODEL_KEYS

@@ -56,8 +56,8 @@ def test_torchrun_with_two_cpu_processes_trains_and_only_rank_0_writes(tmp_path:
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "best.pt", "epoch_002.pt", "last.pt", "mlflow_run_id.txt",
     ]
-    metrics = json.loads((tmp_path / "metrics" / "train.json").read_text())
-    assert (metrics["epochs"], metrics["train_images"], metrics["val_images"]) == (3, 4, 1)
+    info = json.loads((tmp_path / "metrics" / "train_info.json").read_text())
+    assert (info["epochs"], info["train_images"], info["val_images"]) == (3, 4, 1)
     history = (tmp_path / "metrics" / "train_history.csv").read_text().splitlines()
     assert len(history) == 1 + 3
 

@@ -18,7 +18,13 @@ from tests.helpers import dead_pid, tiny_params, tiny_samples
 
 
 def outputs_in(root: Path) -> TrainOutputs:
-    return TrainOutputs(root / "models", root / "metrics" / "train.json", root / "metrics" / "history.csv", root / "plots")
+    return TrainOutputs(
+        models_dir=root / "models",
+        metrics=root / "metrics" / "train.json",
+        info=root / "metrics" / "train_info.json",
+        history=root / "metrics" / "history.csv",
+        plots_dir=root / "plots",
+    )
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,15 @@ argmax is compared with the ground-truth mask at the mask's own size, and one `C
 collects every pixel of the set (255 ignored), so the means are over pixels of the whole set, not
 means of per-image means. Outputs:
 
-    metrics JSON     flat SegmentationScores.as_dict keys + "images" (null where undefined)
-    per-class CSV    class, iou, pixel_accuracy, precision, recall, dice, gt_pixels, pred_pixels, present
+    metrics JSON     the scores only (SegmentationScores.as_dict keys; null where undefined)
+    info JSON        what was scored: "images" (how many) and "absent_classes" (names)
+    per-class CSV    class, iou, pixel_accuracy, precision, dice, gt_pixels, pred_pixels, present
     per-image CSV    id, iou_<class>..., dice_<class>..., miou (blank where undefined)
     IoU plot data    class, iou (DVC bar_horizontal)
-    plots_dir        class_scores.png, confusion_matrix.png, gallery.png
+    plots_dir        class_scores.png, confusion_matrix.png, gallery.png (see evaluation/plots.py)
 
-and the same metric names are logged to the training run in MLflow when its id is known.
+The same metric names are logged to the training run in MLflow when its id is known, and the
+info as its tags.
 """
 
 from __future__ import annotations
@@ -28,23 +30,27 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from segpipe.layout import Sample
 from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
-from segpipe.figures import plt, save_figure
+from segpipe.evaluation.plots import (
+    GalleryRow,
+    gallery_choice,
+    gallery_title,
+    plot_class_scores,
+    plot_confusion,
+    plot_gallery,
+)
 from segpipe.imageio import atomic_write_text, read_class_mask, read_image
 from segpipe.inference.predictor import Predictor, class_map
+from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
-from segpipe.palette import colour_overlay
 from segpipe.runtime import resolve_device
 from segpipe.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE, Tracker
 
 
 log = logging.getLogger(__name__)
 
-PER_CLASS_FIELDS = ("class", "iou", "pixel_accuracy", "precision", "recall", "dice", "gt_pixels", "pred_pixels", "present")
-# Panels of the class-score figure: (per_class key, title); pixel accuracy of a class is its recall.
-SCORE_PANELS = (("iou", "IoU"), ("recall", "Pixel accuracy"), ("precision", "Precision"), ("recall", "Recall"))
+PER_CLASS_FIELDS = ("class", "iou", "pixel_accuracy", "precision", "dice", "gt_pixels", "pred_pixels", "present")
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,19 @@ class EvalOutputs:
     """Where the evaluate stage writes (each path declared in dvc.yaml)."""
 
     metrics: Path
+    info: Path
     per_class: Path
     per_image: Path
     iou_plot: Path
     plots_dir: Path
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What `evaluate` wrote: `metrics` (the scores, as in the metrics JSON) and `info` (as in the info JSON)."""
+
+    metrics: dict
+    info: dict
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,8 @@ def evaluate(
     *,
     classes: Sequence[str] | None = None,
     progress: bool = True,
-) -> dict:
-    """Score `checkpoint` on `samples` and write every output in `out`; returns the metrics dict.
+) -> EvalReport:
+    """Score `checkpoint` on `samples` and write every output in `out`; returns what it wrote.
 
     Args:
         checkpoint: the trained model (best.pt); the MLflow run id is read from the file
@@ -89,7 +104,7 @@ def evaluate(
         config: params.yaml's evaluate section (device, images per forward pass, gallery size).
         classes: base.classes of the project; a checkpoint trained on other classes is refused.
             None: the checkpoint's own classes are taken as they are.
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
@@ -104,7 +119,7 @@ def evaluate(
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
     results: list[ImageResult] = []
-    with tqdm(total=len(samples), desc="evaluate", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             pairs = [load_pair(sample) for sample in chunk]
@@ -118,15 +133,18 @@ def evaluate(
                 results.append(ImageResult(sample.id, image_scores(mask, labels, len(classes))))
             bar.update(len(chunk))
     scores = matrix.compute()
-    metrics = {**scores.as_dict(classes), "images": len(samples)}
+    metrics = scores.as_dict(classes)
+    info = {"images": len(samples), "absent_classes": metrics.pop("absent_classes")}
+    report = EvalReport(metrics, info)
     # allow_nan=False: a NaN that slipped past as_dict fails here instead of writing invalid JSON.
-    atomic_write_text(out.metrics, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out.metrics, json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out.info, json.dumps(report.info, indent=2) + "\n")
     atomic_write_text(out.per_class, per_class_csv(scores, classes))
     atomic_write_text(out.per_image, per_image_csv(results, classes))
     atomic_write_text(out.iou_plot, iou_plot_csv(scores, classes))
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
-    log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, metrics, out, figures)
-    return metrics
+    log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
+    return report
 
 
 def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
@@ -140,9 +158,9 @@ def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def absent_report(metrics: dict) -> str:
+def absent_report(info: dict) -> str:
     """One line for people: which classes were absent and so left out of the means."""
-    absent = metrics["absent_classes"]
+    absent = info["absent_classes"]
     if not absent:
         return "every class occurs in the ground truth or the prediction"
     return f"absent from ground truth and prediction, left out of the means: {', '.join(absent)}"
@@ -158,9 +176,8 @@ def per_class_csv(scores: SegmentationScores, classes: Sequence[str]) -> str:
         rows.append({
             "class": name,
             "iou": _cell(values["iou"]),
-            "pixel_accuracy": _cell(values["recall"]),
+            "pixel_accuracy": _cell(values["recall"]),  # a class's pixel accuracy is its recall
             "precision": _cell(values["precision"]),
-            "recall": _cell(values["recall"]),
             "dice": _cell(values["dice"]),
             "gt_pixels": int(gt_pixels[index]),
             "pred_pixels": int(pred_pixels[index]),
@@ -221,78 +238,27 @@ def write_figures(
         plot_confusion(scores, predictor.classes, plots_dir / "confusion_matrix.png"),
     ]
     if gallery_size:
-        paths.append(plot_gallery(predictor, samples, results, gallery_size, plots_dir / "gallery.png"))
+        rows = gallery_rows(predictor, samples, results, gallery_size)
+        paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png"))
     return paths
 
 
-def plot_class_scores(scores: SegmentationScores, classes: Sequence[str], path: Path) -> Path:
-    """Four bar panels (IoU, pixel accuracy, precision, recall per class), like the paper's figure 5."""
-    figure, axes = plt.subplots(1, 4, figsize=(14, 3.5), sharey=True)
-    positions = np.arange(len(classes))
-    for axis, (key, title) in zip(axes, SCORE_PANELS):
-        values = np.nan_to_num(scores.per_class[key], nan=0.0)  # undefined drawn as no bar
-        bars = axis.bar(positions, values, color="tab:blue")
-        axis.bar_label(bars, labels=[_label(v) for v in scores.per_class[key]], fontsize=8)
-        axis.set(title=title, ylim=(0, 1.1), xticks=positions)
-        axis.set_xticklabels(classes, rotation=45, ha="right")
-        axis.grid(axis="y", alpha=0.3)
-    return save_figure(figure, path)
-
-
-def plot_confusion(scores: SegmentationScores, classes: Sequence[str], path: Path) -> Path:
-    """The confusion matrix with each ground-truth row divided by its pixel count (rows sum to 1)."""
-    counts = scores.confusion.astype(np.float64)
-    totals = counts.sum(axis=1, keepdims=True)
-    normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    side = 2.5 + 0.6 * len(classes)
-    figure, axis = plt.subplots(figsize=(side + 1, side))
-    image = axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    for (row, col), value in np.ndenumerate(normalised):
-        axis.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black", fontsize=8)
-    ticks = np.arange(len(classes))
-    axis.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="ground truth", title="Confusion (row-normalised)")
-    axis.set_xticklabels(classes, rotation=45, ha="right")
-    axis.set_yticklabels(classes)
-    figure.colorbar(image, ax=axis, fraction=0.046)
-    return save_figure(figure, path)
-
-
-def plot_gallery(
-    predictor: Predictor, samples: Sequence[Sample], results: Sequence[ImageResult], k: int, path: Path
-) -> Path:
-    """Image / ground truth / prediction overlays of the k best and k worst images by mean IoU.
-
-    The chosen images are predicted again rather than kept from the scoring pass, so memory does
-    not grow with the size of the validation set.
-    """
-    ranked = sorted(range(len(results)), key=lambda i: (_sort_key(results[i].miou), results[i].id), reverse=True)
-    chosen = [(i, "best") for i in ranked[:k]] + [(i, "worst") for i in ranked[::-1][:k] if i not in ranked[:k]]
-    figure, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
-    for row, (index, which) in zip(axes, chosen):
+def gallery_rows(
+    predictor: Predictor, samples: Sequence[Sample], results: Sequence[ImageResult], k: int
+) -> list[GalleryRow]:
+    """The gallery's images (see `gallery_choice`), predicted again rather than kept from the
+    scoring pass, so memory does not grow with the size of the validation set."""
+    rows = []
+    for index, label in gallery_choice([r.id for r in results], [r.miou for r in results], k):
         image, mask = load_pair(samples[index])
-        labels = class_map(predictor.predict_probs(image))
-        truth = np.where(mask == 255, 0, mask).astype(np.uint8)  # ignored pixels shown as background
-        panels = (image, colour_overlay(image, truth, predictor.num_classes), colour_overlay(image, labels, predictor.num_classes))
-        for axis, panel, title in zip(row, panels, ("image", "ground truth", "prediction")):
-            axis.imshow(panel)
-            axis.set_axis_off()
-            axis.set_title(title, fontsize=9)
-        row[0].set_title(f"{which}: {results[index].id} (mIoU {_label(results[index].miou)})", fontsize=9)
-    return save_figure(figure, path)
+        title = gallery_title(label, results[index].id, results[index].miou)
+        rows.append(GalleryRow(title, image, mask, class_map(predictor.predict_probs(image))))
+    return rows
 
 
-def _sort_key(miou: float) -> float:
-    # An image with no scorable pixel ranks below every scored one.
-    return -1.0 if math.isnan(miou) else miou
-
-
-def _label(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.2f}"
-
-
-
-def log_to_training_run(run_id_file: Path, metrics: dict, out: EvalOutputs, figures: Sequence[Path]) -> bool:
-    """Add the evaluation metrics, CSVs and figures to the MLflow run that trained the checkpoint.
+def log_to_training_run(run_id_file: Path, report: EvalReport, out: EvalOutputs, figures: Sequence[Path]) -> bool:
+    """Add the evaluation metrics, CSVs and figures to the MLflow run that trained the checkpoint,
+    and what was scored (`report.info`) as its tags `segpipe.eval_images`, `segpipe.absent_classes`.
 
     The run id comes from `run_id_file` (written by the train stage beside the checkpoint). A
     missing file is skipped quietly; an MLflow failure is one warning, never an error, because the
@@ -304,10 +270,14 @@ def log_to_training_run(run_id_file: Path, metrics: dict, out: EvalOutputs, figu
         return False
     tracker = Tracker()
     tracker.reopen(run_id_file.read_text(encoding="utf-8").strip())
-    tracker.log_metrics(metrics, undefined_as_nan=True)
+    tracker.log_metrics(report.metrics, undefined_as_nan=True)
+    tracker.set_tags({
+        "segpipe.eval_images": str(report.info["images"]),
+        "segpipe.absent_classes": ", ".join(report.info["absent_classes"]) or "none",
+    })
     folder, per_image_name = PER_IMAGE_ARTIFACT.split("/")
     tracker.log_artifact(out.per_image, folder, name=per_image_name)
-    for path in (out.metrics, out.per_class, *figures):
+    for path in (out.metrics, out.info, out.per_class, *figures):
         tracker.log_artifact(path, folder)
     tracker.end()
     return tracker.enabled

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-METRICS = ("miou", "mpa", "mprecision", "mrecall", "mdice", "accuracy")
+METRICS = ("miou", "mpa", "mprecision", "mdice", "accuracy")
 
 
 # --- per-image scores -------------------------------------------------------------------------

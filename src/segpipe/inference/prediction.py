@@ -76,7 +76,7 @@ def predict_paths(
         out_dir: where the outputs go; must not be a folder that holds an input.
         options: how to predict and what to write besides the masks.
         device: where the model runs.
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
     Raises:
         SegpipeError for bad arguments (nothing matched, out_dir is a file or holds inputs, two
         inputs whose outputs would share a name, an unreadable checkpoint), before anything is
@@ -90,7 +90,7 @@ def predict_paths(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
     batch = 1 if options.tile else options.batch_size
-    with tqdm(total=len(images), desc="predict", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
         for chunk in _chunks(images, batch):
             loaded = _read_all(chunk, report)
             try:

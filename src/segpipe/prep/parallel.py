@@ -41,12 +41,12 @@ def map_files(
         fn: a picklable (top-level or functools.partial) function.
         items: the work items.
         workers: processes to use; 0 means one per CPU core.
-        progress: show a progress bar.
+        progress: show a progress bar (on a terminal only).
         desc: the progress bar's label.
     """
     workers = min(workers or os.cpu_count() or 1, len(items))
     outcomes: list[R | SegpipeError] = []
-    with tqdm(total=len(items), desc=desc, disable=not progress, unit="img") as bar:
+    with tqdm(total=len(items), desc=desc, disable=None if progress else True, unit="img") as bar:
         if workers <= 1 or len(items) <= PARALLEL_THRESHOLD:
             for item in items:
                 outcomes.append(_attempt(fn, item))

@@ -82,13 +82,12 @@ def fit(
     tracker: tracking.Tracker | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainState:
-    """Train per `params` and keep checkpoints in models_dir; returns the final state.
+    """Train per `params`, writing best.pt, last.pt and periodic checkpoints to models_dir; returns the final state.
 
     Args:
         train_samples, val_samples: what to train on and validate with.
-        models_dir: where best.pt, last.pt and periodic checkpoints are written.
         runtime: device, precision and process group (resolved from train.device when None).
-        progress: show progress bars (else one log line per epoch).
+        progress: show progress bars, on a terminal only (each epoch is also one log line).
         tracker: an MLflow tracker that has been started (or None).
         on_epoch_end: called after each epoch's checkpoints are written.
     """
@@ -109,6 +108,8 @@ def fit(
         len(train_set), len(val_set), cfg.image_size,
     )
     nets = PhaseNets(state.model, runtime.dist)
+    disable = None if progress and runtime.dist.is_main else True
+    epochs = tqdm(total=cfg.epochs, initial=state.epoch, desc="training", unit="epoch", disable=disable)
     for epoch in range(state.epoch, cfg.epochs):
         frozen = epoch < cfg.freeze_epochs
         seed_everything(params.base.seed * 100_003 + epoch)
@@ -117,7 +118,7 @@ def fit(
         loader = make_loader(train_set, order, cfg.freeze_batch_size if frozen else cfg.batch_size, cfg.workers, runtime.device)
         lr = state.optimizer.param_groups[0]["lr"]
         with tqdm(total=len(train_set), desc=f"epoch {epoch + 1}/{cfg.epochs} {'frozen' if frozen else 'train'}",
-                  disable=not (progress and runtime.dist.is_main), unit="img", leave=False) as bar:
+                  disable=disable, unit="img", leave=False) as bar:
             train_loss = train_one_epoch(state, nets.for_phase(frozen), loader, loss_fn, runtime, cfg.grad_clip, bar)
         state.scheduler.step()
         state.epoch = epoch + 1
@@ -125,9 +126,22 @@ def fit(
         if state.epoch % cfg.eval_period == 0 or state.epoch == cfg.epochs:
             val_loss, val_miou = validate(state.model, val_loader, loss_fn, len(params.base.classes), runtime)
         end_epoch(state, EpochResult(state.epoch, train_loss, val_loss, val_miou, lr), params, models_dir, runtime.dist, tracker)
+        show_epoch(epochs, state)
         if on_epoch_end is not None:
             on_epoch_end(state)
+    epochs.close()
     return state
+
+
+def show_epoch(bar: tqdm, state: TrainState) -> None:
+    """Advance the epoch bar, showing the last training loss, the last validation mIoU and the best."""
+    validated = [row for row in state.history if row["val_miou"] is not None]
+    summary = {"loss": f"{state.history[-1]['train_loss']:.4f}"}
+    if validated:
+        summary["val_mIoU"] = f"{validated[-1]['val_miou']:.4f}"
+        summary["best"] = f"{state.best_miou:.4f} (epoch {state.best_epoch})"
+    bar.set_postfix(summary, refresh=False)
+    bar.update()
 
 
 class PhaseNets:

@@ -1,7 +1,8 @@
 """The train stage: `fit` a model inside an MLflow run and write what DVC keeps of it.
 
 Outputs: `MODELS_DIR/best.pt` (best validation mIoU), `last.pt`, `epoch_NNN.pt` every
-`train.save_period` epochs, and `mlflow_run_id.txt`; a metrics JSON, a per-epoch history CSV
+`train.save_period` epochs, and `mlflow_run_id.txt`; a metrics JSON of results only (a DVC
+metric), an info JSON of counts and durations (also the run's tags), a per-epoch history CSV
 (DVC plots) and loss / mIoU curve PNGs.
 
 Every setting is checked before anything is started or written (`check_settings`), so a bad one
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from segpipe.figures import plot_curves
 from segpipe.imageio import atomic_write_text, remove_stale_temps
 from segpipe.layout import Sample
 from segpipe.models import build_model
+from segpipe.models.checkpoint import write_deployment_checkpoint
 from segpipe.models.registry import pretrained_file
 from segpipe.runtime import Runtime
 from segpipe.training.loop import HISTORY_FIELDS, TrainState, check_image_size, fit
@@ -38,8 +41,22 @@ from segpipe.training.losses import make_loss
 class TrainOutputs:
     models_dir: Path
     metrics: Path
+    info: Path
     history: Path
     plots_dir: Path
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """What the stage wrote and where the run is: `metrics` and `info` as in their JSON files,
+    the best checkpoint, and the MLflow run (ids None when tracking was off)."""
+
+    metrics: dict[str, float]
+    info: dict[str, float | int]
+    best_checkpoint: Path
+    run_id: str | None
+    experiment_id: str | None
+    tracking_uri: str
 
 
 def train_stage(
@@ -49,8 +66,9 @@ def train_stage(
     outputs: TrainOutputs,
     *,
     progress: bool = True,
-) -> dict[str, float | int | str]:
-    """Run `fit` inside an MLflow run and write the metrics, history and curves; returns the metrics.
+) -> TrainReport | None:
+    """Run `fit` inside an MLflow run and write the metrics, info, history and curves; returns
+    what was written (None on ranks other than 0, which write nothing).
 
     SIGTERM stops the run like Ctrl-C: the MLflow run ends as KILLED and the process exits 143.
     """
@@ -72,18 +90,29 @@ def train_stage(
         finally:
             runtime.dist.close()
     if not runtime.dist.is_main:  # only rank 0 writes and logs
-        return {}
-    metrics = summary_metrics(state, len(train_samples), len(val_samples), time.perf_counter() - started)
+        return None
+    metrics = summary_metrics(state)
+    info = run_info(state, len(train_samples), len(val_samples), time.perf_counter() - started)
     atomic_write_text(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(outputs.info, json.dumps(info, indent=2) + "\n")
     write_history(state.history, outputs.history)
     for path in plot_curves(state.history, outputs.plots_dir):
         tracker.log_artifact(path, "plots")
     best = outputs.models_dir / "best.pt"
-    if best.exists():
-        tracker.log_artifact(best, "checkpoints")
-    tracker.log_metrics({"best_val_miou": state.best_miou, "best_epoch": state.best_epoch})
+    log_deployment_checkpoint(tracker, best)
+    tracker.log_metrics({"best_val_miou": state.best_miou})
+    tracker.set_tags({f"segpipe.{key}": str(value) for key, value in info.items()})
     tracker.end()
-    return metrics
+    return TrainReport(metrics, info, best, tracker.run_id, tracker.experiment_id, tracker.uri)
+
+
+def log_deployment_checkpoint(tracker: tracking.Tracker, best: Path) -> None:
+    """Log `best` as the run's artifact `checkpoints/best.pt` without its training state: the file to
+    deploy or predict with (`last.pt` on disk keeps the state for resuming)."""
+    if not best.exists() or not tracker.enabled:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        tracker.log_artifact(write_deployment_checkpoint(best, Path(folder) / best.name), "checkpoints")
 
 
 def check_settings(params: Params, train_samples: Sequence[Sample], val_samples: Sequence[Sample]) -> None:
@@ -119,7 +148,8 @@ def start_tracking(
     resume_run = previous if params.train.resume and previous else None
     if previous and resume_run is None:
         tracker.mark_killed(previous)  # still RUNNING only if its process was killed
-    tracker.start(params.base.experiment, tracking.run_name(), params_json, tags, run_id=resume_run)
+    logged = tracking.logged_params(params)
+    tracker.start(params.base.experiment, tracking.run_name(root), logged, tags, run_id=resume_run)
     if is_main:
         models_dir.mkdir(parents=True, exist_ok=True)
         if tracker.run_id:
@@ -129,15 +159,22 @@ def start_tracking(
     return tracker
 
 
-def summary_metrics(state: TrainState, train_images: int, val_images: int, seconds: float) -> dict[str, float | int]:
+def summary_metrics(state: TrainState) -> dict[str, float]:
+    """The results of training (a DVC metric): best and final validation scores, final losses."""
     final = state.history[-1]
     validated = [row for row in state.history if row["val_loss"] is not None]
     return {
-        "best_epoch": state.best_epoch,
         "best_val_miou": round(state.best_miou, 6),
         "final_train_loss": round(final["train_loss"], 6),
         "final_val_loss": round(validated[-1]["val_loss"], 6),
         "final_val_miou": round(validated[-1]["val_miou"], 6),
+    }
+
+
+def run_info(state: TrainState, train_images: int, val_images: int, seconds: float) -> dict[str, float | int]:
+    """Counts and durations of the run: facts about it, not results, so not a DVC metric."""
+    return {
+        "best_epoch": state.best_epoch,
         "epochs": state.epoch,
         "train_images": train_images,
         "val_images": val_images,
