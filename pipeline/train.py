@@ -24,9 +24,11 @@ def main(
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
     from segpipe.config import load_params
     from segpipe.layout import training_samples, validation_samples
+    from segpipe.models.registry import required_multiple
     from segpipe.training.stage import TrainOutputs, train_stage
 
-    config = load_params(params)
+    # With the model's stride, a patch size it cannot take fails here, before any data is read.
+    config = load_params(params, required_multiple=required_multiple)
     outputs = TrainOutputs(models_dir=models_dir, metrics=metrics, history=history, plots_dir=plots_dir)
     result = train_stage(
         config,
