@@ -1,7 +1,8 @@
 """The evaluate stage: score a checkpoint on the validation images at their original resolution.
 
-Each image goes through `Predictor` (the same letterbox, model and restore as `predict`), the
-argmax is compared with the ground-truth mask at the mask's own size, and one `ConfusionMatrix`
+Each image goes through `Predictor` (the same letterbox, model and restore as `predict`; for a
+model trained on patches, the same smoothly blended tiles at its training scale), the argmax is
+compared with the ground-truth mask at the mask's own size, and one `ConfusionMatrix`
 collects every pixel of the set (255 ignored), so the means are over pixels of the whole set, not
 means of per-image means. Outputs:
 
@@ -33,7 +34,7 @@ from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
 from segpipe.figures import plt, save_figure
 from segpipe.imageio import atomic_write_text, read_class_mask, read_image
-from segpipe.inference.predictor import Predictor, class_map
+from segpipe.inference.predictor import Predictor
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
 from segpipe.palette import colour_overlay
 from segpipe.runtime import resolve_device
@@ -99,9 +100,8 @@ def evaluate(
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             pairs = [load_pair(sample) for sample in chunk]
-            probs = predictor.predict_batch([image for image, _ in pairs])
-            for sample, (_, mask), p in zip(chunk, pairs, probs):
-                labels = class_map(p)
+            label_maps = predictor.class_maps([image for image, _ in pairs], batch_size)
+            for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
                 try:
                     matrix.update(mask, labels)
                 except SegpipeError as exc:  # the message names the bad value; add the file
@@ -261,7 +261,7 @@ def plot_gallery(
     figure, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
     for row, (index, which) in zip(axes, chosen):
         image, mask = load_pair(samples[index])
-        labels = class_map(predictor.predict_probs(image))
+        labels = predictor.class_maps([image])[0]
         truth = np.where(mask == 255, 0, mask).astype(np.uint8)  # ignored pixels shown as background
         panels = (image, colour_overlay(image, truth, predictor.num_classes), colour_overlay(image, labels, predictor.num_classes))
         for axis, panel, title in zip(row, panels, ("image", "ground truth", "prediction")):
