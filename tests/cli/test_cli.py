@@ -103,3 +103,12 @@ def test_bad_patch_settings_stop_train_before_data_is_read_or_a_run_started(
     assert message in result.output and "Traceback" not in result.output
     assert not mlflow_env.exists()  # no MLflow run, not even an empty store
     assert not (models / "mlflow_run_id.txt").exists()
+
+
+def test_aerial_sample_takes_a_road_width_and_lesions_refuse_it(tmp_path: Path):
+    result = invoke("sample", tmp_path / "thin", "--kind", "aerial", "--count", "1", "--size", "64", "--road-width", "2")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "thin" / "masks").glob("*.png"))) == 1
+    result = invoke("sample", tmp_path / "l", "--kind", "lesions", "--count", "1", "--road-width", "2")
+    assert result.exit_code == 1 and "--road-width applies to --kind aerial only" in result.output
+    assert not (tmp_path / "l").exists()
