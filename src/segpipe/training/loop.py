@@ -174,6 +174,7 @@ def make_data(
 
 
 def describe_sampling(cfg: TrainSection) -> str:
+    """How training inputs are made, for the log."""
     if cfg.sampling == "patches":
         return f"{cfg.patches_per_image} patches of {cfg.patch_size} px per image at scale {cfg.patch_scale:g}"
     return f"letterboxed to {cfg.image_size} px"
