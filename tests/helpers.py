@@ -135,13 +135,15 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def make_project(root: Path, images: int = 12, overrides: dict = TINY) -> Path:
-    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files."""
+def make_project(root: Path, images: int = 12, overrides: dict = TINY, params_file: str = "params.yaml") -> Path:
+    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files.
+
+    Its params.yaml is the repo's `params_file` (e.g. params-aerial.yaml) with `overrides`."""
     root.mkdir()
     for name in ("pipeline", "src"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    params = merge(yaml.safe_load((REPO / params_file).read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sample = root / "data" / "sample"
     sample.mkdir(parents=True)
