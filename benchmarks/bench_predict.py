@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from segpipe.config import ModelSection  # noqa: E402
 from segpipe.inference.predictor import Predictor  # noqa: E402
-from segpipe.inference.tiling import Tiling, predict_tiled  # noqa: E402
+from segpipe.data.tiling import Tiling, predict_tiled  # noqa: E402
 from segpipe.models import build_model  # noqa: E402
 from segpipe.runtime import resolve_device  # noqa: E402
 

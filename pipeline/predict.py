@@ -15,7 +15,11 @@ def main(
     out: Annotated[Path, typer.Option("--out", help="Output folder (not a folder of the inputs).")],
     overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png.")] = False,
     probs: Annotated[bool, typer.Option(help="Also write <stem>_probs.npy, (C, H, W) float16.")] = False,
-    tile: Annotated[int | None, typer.Option(help="Predict in overlapping SIZE x SIZE windows (large images).")] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(help="Predict in overlapping SIZE x SIZE windows (large images); default: the model's own "
+                     "windows if it was trained on patches, else whole images."),
+    ] = None,
     overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.25,
     tta: Annotated[bool, typer.Option(help="Average over the 8 rotations and flips.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images, or tiles of one image, per forward pass.")] = 8,

@@ -40,8 +40,13 @@ TINY = {
 }
 
 
-def make_processed(root: Path, count: int = 6, size: tuple[int, int] = (24, 32), seed: int = 0) -> Path:
-    """A converted dataset: images/<id>.png (random RGB), masks/<id>.png (a class-1 square), manifest.csv."""
+def make_processed(
+    root: Path, count: int = 6, size: tuple[int, int] = (24, 32), seed: int = 0, visible: bool = False
+) -> Path:
+    """A converted dataset: images/<id>.png (random RGB), masks/<id>.png (a class-1 square), manifest.csv.
+
+    With `visible`, the square is also painted white in the image, so a model that sees only a
+    crop (no position) can still learn it."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -49,9 +54,12 @@ def make_processed(root: Path, count: int = 6, size: tuple[int, int] = (24, 32),
     rows = ["id,source,width,height"]
     for index in range(count):
         image_id = f"img{index:03d}"
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / "images" / f"{image_id}.png")
         mask = np.zeros((h, w), np.uint8)
         mask[h // 4 : h // 2, w // 4 : w // 2 + index % 3] = 1
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if visible:
+            image[mask == 1] = 255
+        Image.fromarray(image).save(root / "images" / f"{image_id}.png")
         write_mask(root / "masks" / f"{image_id}.png", mask)
         rows.append(f"{image_id},{image_id}.json,{w},{h}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
@@ -83,11 +91,14 @@ def tiny_samples(root: Path, count: int = 2) -> list[Sample]:
     return samples_in(root, [f"img{i:03d}" for i in range(count)])
 
 
-def tiny_checkpoint(path: Path, classes=CLASSES, image_size: int = 32, seed: int = 0) -> Path:
-    """A real (random-weight) plain U-Net checkpoint with the keys training writes."""
+def tiny_checkpoint(
+    path: Path, classes=CLASSES, image_size: int = 32, seed: int = 0, train: dict[str, Any] | None = None
+) -> Path:
+    """A real (random-weight) plain U-Net checkpoint with the keys training writes; `train`
+    settings (e.g. sampling: patches) are recorded as a run with them would record them."""
     torch.manual_seed(seed)
     model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
-    params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}})
+    params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
     save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
     return path
 
@@ -130,13 +141,15 @@ def merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def make_project(root: Path, images: int = 12, overrides: dict = TINY) -> Path:
-    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files."""
+def make_project(root: Path, images: int = 12, overrides: dict = TINY, params_file: str = "params.yaml") -> Path:
+    """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files.
+
+    Its params.yaml is the repo's `params_file` (e.g. params-aerial.yaml) with `overrides`."""
     root.mkdir()
     for name in ("pipeline", "src"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    params = merge(yaml.safe_load((REPO / params_file).read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sample = root / "data" / "sample"
     sample.mkdir(parents=True)

@@ -4,6 +4,7 @@ import pytest
 
 from segpipe.config import load_params, parse_params
 from segpipe.errors import SegpipeError
+from segpipe.models.registry import required_multiple
 from tests.helpers import REPO
 
 
@@ -109,3 +110,39 @@ def test_a_loaded_file_keeps_how_it_spelt_each_value(tmp_path: Path):
         "data.mask_colors.fg": "#FF0000",
     }
     assert parse_params({"augment": {"rotate_limit": 30}}).spelling == {}  # not from a file
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"sampling": "tiles"}, r"train\.sampling: Input should be 'letterbox' or 'patches'"),
+        ({"patch_scale": 0.0}, r"train\.patch_scale: Input should be greater than 0"),
+        ({"patch_scale": -0.5}, r"train\.patch_scale: Input should be greater than 0"),
+        ({"patches_per_image": 0}, r"train\.patches_per_image"),
+        ({"patch_class_balance": 1.5}, r"train\.patch_class_balance"),
+    ],
+)
+def test_bad_patch_settings_are_named(train, message):
+    with pytest.raises(SegpipeError, match=message):
+        parse_params({"train": train})
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "message"),
+    [
+        ("plain", 40, r"train\.patch_size 40 must be a multiple of 16 for model\.backbone plain .*try 32"),
+        ("resnet50", 48, r"train\.patch_size 48 must be a multiple of 32 for model\.backbone resnet50 .*try 64"),
+    ],
+)
+def test_a_patch_size_off_the_model_stride_is_refused_at_load(tmp_path: Path, backbone, size, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"model:\n  backbone: {backbone}\ntrain:\n  sampling: patches\n  patch_size: {size}\n")
+    with pytest.raises(SegpipeError, match=message):
+        load_params(path, required_multiple=required_multiple)
+
+
+def test_the_patch_size_is_only_checked_when_training_on_patches():
+    letterbox = parse_params({"train": {"patch_size": 40}}, required_multiple=required_multiple)
+    assert letterbox.train.input_size == letterbox.train.image_size
+    patches = parse_params({"train": {"sampling": "patches", "patch_size": 48}}, required_multiple=required_multiple)
+    assert patches.train.input_size == 48

@@ -74,3 +74,41 @@ def test_missing_stage_input_exits_1(tmp_path: Path):
     result = invoke("split", tmp_path / "nowhere", tmp_path / "splits", "--params", REPO / "params.yaml")
     assert result.exit_code == 1
     assert "manifest.csv: not found" in result.output
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("sampling: patches\n  patch_size: 40", "train.patch_size 40 must be a multiple of 16 for model.backbone plain"),
+        ("sampling: patches\n  patch_scale: 0", "train.patch_scale: Input should be greater than 0"),
+        ("sampling: tiles", "train.sampling: Input should be 'letterbox' or 'patches'"),
+    ],
+    ids=["off-stride", "scale", "unknown"],
+)
+def test_bad_patch_settings_stop_train_before_data_is_read_or_a_run_started(
+    tmp_path: Path, processed: Path, mlflow_env: Path, monkeypatch, train: str, message: str
+):
+    import segpipe.layout
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the training data was read before the settings were checked")
+
+    monkeypatch.setattr(segpipe.layout, "training_samples", no_reading)
+    monkeypatch.setattr(segpipe.layout, "validation_samples", no_reading)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"train:\n  {train}\n")
+    models = tmp_path / "models"
+    result = invoke("train", processed, tmp_path / "splits", tmp_path / "aug", models, "--params", params, "--quiet")
+    assert result.exit_code == 1, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not mlflow_env.exists()  # no MLflow run, not even an empty store
+    assert not (models / "mlflow_run_id.txt").exists()
+
+
+def test_aerial_sample_takes_a_road_width_and_lesions_refuse_it(tmp_path: Path):
+    result = invoke("sample", tmp_path / "thin", "--kind", "aerial", "--count", "1", "--size", "64", "--road-width", "2")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "thin" / "masks").glob("*.png"))) == 1
+    result = invoke("sample", tmp_path / "l", "--kind", "lesions", "--count", "1", "--road-width", "2")
+    assert result.exit_code == 1 and "--road-width applies to --kind aerial only" in result.output
+    assert not (tmp_path / "l").exists()

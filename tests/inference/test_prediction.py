@@ -19,7 +19,8 @@ from segpipe.inference.predictor import Predictor
 from segpipe.metrics import ConfusionMatrix
 from segpipe.inference.prediction import PredictOptions, predict_paths, resolve_inputs
 from segpipe.models.checkpoint import load_checkpoint, save_checkpoint
-from tests.helpers import tiny_checkpoint
+from segpipe.data.tiling import Tiling, predict_tiled
+from tests.helpers import make_processed, tiny_checkpoint
 
 
 def balance(checkpoint: Path, images: list[Path]) -> Path:
@@ -64,6 +65,53 @@ def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed
     assert rescored.pop("absent_classes") == evaluated.info["absent_classes"] == []
     assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
     assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
+
+
+PATCHES = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.75}
+
+
+def test_tiled_evaluation_of_a_patch_model_scores_exactly_its_predict_masks(tmp_path):
+    # As above, for a model trained on 16 px patches at 0.75: evaluate and predict (no --tile)
+    # both cut 21 px windows and blend them, so the masks score eval.json's numbers exactly.
+    processed = make_processed(tmp_path / "processed", count=5, size=(40, 56))
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "val.txt").write_text("img001\nimg003\nimg004\n")
+    samples = validation_samples(processed, splits)
+    checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=16, train=PATCHES)
+    checkpoint = balance(checkpoint, [s.image for s in samples])
+    assert Predictor(checkpoint).tiling.tile == 21
+    out = EvalOutputs(
+        tmp_path / "eval.json", tmp_path / "info.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv",
+        tmp_path / "plots",
+    )
+    evaluated = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
+
+    report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", PredictOptions(batch_size=2), progress=False)
+    assert report.ok and len(report.written) == 3
+    matrix = ConfusionMatrix(2)
+    for sample in samples:
+        written = np.asarray(Image.open(tmp_path / "pred" / f"{sample.id}.png"))
+        assert written.shape == (40, 56)
+        matrix.update(read_class_mask(sample.mask), (written == 255).astype(np.uint8))
+    rescored = matrix.compute().as_dict(["background", "lesion"])
+    assert rescored.pop("absent_classes") == evaluated.info["absent_classes"]
+    assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
+    assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
+
+
+def test_predict_tile_overrides_a_patch_models_own_windows(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt", image_size=16, train=PATCHES)
+    image_path = save_image(tmp_path / "in" / "big.png", 50, 70, seed=2)
+    image = np.asarray(Image.open(image_path))
+    predictor = Predictor(checkpoint)
+    written = {}
+    for tile, out in ((None, "own"), (40, "forty")):
+        predict_paths(checkpoint, [str(image_path)], tmp_path / out, PredictOptions(tile=tile, probs=True), progress=False)
+        expected = predict_tiled(predictor.predict_batch, image, Tiling(tile or 21, batch_size=8), keep_probs=True)[1]
+        written[out] = torch.from_numpy(np.load(tmp_path / out / "big_probs.npy").astype(np.float32))
+        torch.testing.assert_close(written[out], expected, atol=1e-3, rtol=0)  # stored as float16
+    assert (written["own"] - written["forty"]).abs().max() > 2e-3  # well above float16 rounding
 
 
 def test_two_class_masks_are_black_and_white_at_the_input_size(tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 
 from segpipe.errors import SegpipeError
 from segpipe.inference.predictor import Predictor
-from segpipe.inference.tiling import Tiling, predict_tiled
+from segpipe.data.tiling import Tiling, predict_tiled
 from segpipe.data.letterbox import Letterbox, to_tensor
 from tests.helpers import PixelwiseModel, random_image, tiny_checkpoint
 
@@ -76,3 +76,33 @@ def test_tta_undoes_each_transform_before_averaging():
     assert marked.sum() == 4 and marked[0, 0] and marked[0, -1] and marked[-1, 0] and marked[-1, -1]
     assert probs[1, 0, 0] == pytest.approx(0.25, abs=1e-3)
 
+
+
+PATCHES = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5}
+
+
+def test_a_patch_model_predicts_whole_images_by_its_own_tiles(tmp_path):
+    predictor = Predictor(tiny_checkpoint(tmp_path / "best.pt", image_size=16, train=PATCHES))
+    assert predictor.tiling == Tiling(32) and predictor.patch_scale == 0.5
+    images = [random_image(70, 45, 1), random_image(20, 90, 2)]
+    for image, labels in zip(images, predictor.class_maps(images, batch_size=3)):
+        assert labels.shape == image.shape[:2]
+        expected = predict_tiled(predictor.predict_batch, image, Tiling(32, batch_size=3))[0]
+        assert (labels == expected).all()
+
+
+def test_a_patch_model_never_sees_a_window_enlarged_beyond_its_training_scale(tmp_path):
+    predictor = Predictor(tiny_checkpoint(tmp_path / "best.pt", image_size=16, train=PATCHES))
+    window = random_image(10, 20)  # at 0.5: 5 x 10, padded into the 16 x 16 input
+    box = Letterbox.fit((10, 20), (16, 16), max_scale=0.5)
+    assert (box.new_h, box.new_w) == (5, 10)
+    with torch.no_grad():
+        logits = predictor.model(to_tensor(box.apply_image(window))[None])
+    torch.testing.assert_close(predictor.predict_probs(window), box.restore(torch.softmax(logits, 1))[0])
+
+
+def test_a_letterbox_model_predicts_whole_images_in_one_pass(tmp_path):
+    predictor = Predictor(tiny_checkpoint(tmp_path / "best.pt", image_size=32))
+    image = random_image(40, 64)
+    assert predictor.tiling is None
+    assert (predictor.class_maps([image])[0] == predictor.predict_probs(image).argmax(0).numpy()).all()

@@ -13,7 +13,7 @@ from segpipe.errors import SegpipeError
 from segpipe.inference.prediction import PredictOptions, predict_paths
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.single import checkpoint_tiling, decode_image, mask_png, predict_labels, window_tiling
-from segpipe.inference.tiling import Tiling
+from segpipe.data.tiling import Tiling
 from tests.helpers import png_bytes, random_image, tiny_checkpoint
 
 

@@ -10,6 +10,7 @@ import torch
 
 from segpipe.errors import SegpipeError
 from segpipe.models import checkpoint as checkpoint_module
+from segpipe.models import build_model
 from segpipe.models.checkpoint import (
     MODEL_KEYS,
     checkpoint_contents,
@@ -127,3 +128,32 @@ def test_model_keys_are_exactly_what_checkpoint_contents_writes_without_training
     models, state = trained
     params = tiny_params()
     assert tuple(checkpoint_contents(state.model, params)) == MODEL_KEYS
+
+
+def test_a_patch_model_records_its_sampling_and_takes_its_patch_size_as_input(tmp_path: Path):
+    train = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5, "image_size": 64}
+    params = tiny_params(train)
+    model = build_model(params.model, len(params.base.classes))
+    save_checkpoint(tmp_path / "best.pt", checkpoint_contents(model, params))
+    raw = load_checkpoint(tmp_path / "best.pt")
+    assert raw["sampling"] == {"mode": "patches", "patch_size": 16, "patch_scale": 0.5}
+    assert raw["image_size"] == 16  # the model's input is the patch, not the letterbox canvas
+    loaded = load_model(tmp_path / "best.pt")
+    assert (loaded.sampling, loaded.patch_scale, loaded.image_size) == ("patches", 0.5, 16)
+
+
+def test_a_checkpoint_from_before_patch_training_loads_as_a_letterbox_model(tmp_path: Path):
+    params = tiny_params()
+    contents = checkpoint_contents(build_model(params.model, 2), params)
+    del contents["sampling"]
+    save_checkpoint(tmp_path / "old.pt", contents)
+    loaded = load_model(tmp_path / "old.pt")
+    assert (loaded.sampling, loaded.image_size) == ("letterbox", 32)
+
+
+def test_an_unknown_sampling_mode_is_refused_by_name(tmp_path: Path):
+    params = tiny_params()
+    contents = checkpoint_contents(build_model(params.model, 2), params)
+    save_checkpoint(tmp_path / "odd.pt", {**contents, "sampling": {"mode": "mosaic", "patch_scale": 1.0}})
+    with pytest.raises(SegpipeError, match=r"odd\.pt: unknown sampling 'mosaic', expected one of letterbox, patches"):
+        load_model(tmp_path / "odd.pt")

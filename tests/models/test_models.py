@@ -13,6 +13,7 @@ from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
 from segpipe.models import BACKBONES, LoadReport, build_model
 from segpipe.models.cbam import CBAM
+from segpipe.models.registry import required_multiple
 
 SMALL = {"plain": dict(base_channels=4), "vgg16": {}, "resnet50": {}}
 
@@ -245,3 +246,13 @@ def test_model_args_rebuild_the_same_architecture(backbone):
     assert rebuilt.model_args() == model.model_args()
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
     assert shapes(rebuilt) == shapes(model)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_required_multiple_is_known_without_building_and_matches_the_built_model(backbone):
+    assert required_multiple(backbone) == small_model(backbone).required_multiple
+
+
+def test_required_multiple_of_an_unknown_backbone_lists_valid_names():
+    with pytest.raises(SegpipeError, match=r"unknown model\.backbone 'vit'; valid backbones: plain, resnet50, vgg16"):
+        required_multiple("vit")

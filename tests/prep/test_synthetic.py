@@ -5,6 +5,7 @@ import json
 from io import BytesIO
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
@@ -212,3 +213,33 @@ def test_aerial_classes_differ_in_the_image(aerial):
 def test_bad_arguments_are_rejected(count, size, tmp_path):
     with pytest.raises(SegpipeError, match="sample"):
         make_lesions(tmp_path, count, size, seed=0)
+
+
+def _road_half_widths(folder: Path) -> list[float]:
+    """Per tile, the largest distance from a road pixel to the nearest non-road pixel."""
+    road_rgb = tuple(int(AERIAL_COLORS["road"][i : i + 2], 16) for i in (1, 3, 5))
+    widths = []
+    for mask_path in sorted((folder / "masks").glob("*.png")):
+        road = np.all(np.asarray(Image.open(mask_path)) == road_rgb, axis=-1).astype(np.uint8)
+        widths.append(float(cv2.distanceTransform(road, cv2.DIST_L2, 3).max()))
+    return widths
+
+
+def test_road_width_draws_thin_roads_and_leaves_the_default_alone(aerial, tmp_path):
+    thin = tmp_path / "thin"
+    make_aerial(thin, 12, SIZE, seed=7, road_width=2)
+    # No pixel of a 2-pixel road is more than about 1.4 pixels from its edge (more only where roads cross);
+    # the default roads, 3-7% of 128 pixels, are several times wider.
+    assert np.median(_road_half_widths(thin)) <= 1.5
+    assert np.median(_road_half_widths(aerial[0].parent.parent)) >= 3
+    # The rest follows the same draws: vegetation, painted after the roads, is where it was
+    # (but for the odd building placed differently on the land the thin roads left free).
+    vegetation_rgb = tuple(int(AERIAL_COLORS["vegetation"][i : i + 2], 16) for i in (1, 3, 5))
+    kept = total = 0
+    for mask_path in sorted((thin / "masks").glob("*.png")):
+        default_mask = np.asarray(Image.open(aerial[0].parent.parent / "masks" / mask_path.name))
+        default, now = (np.all(np.asarray(m) == vegetation_rgb, axis=-1) for m in (default_mask, Image.open(mask_path)))
+        kept, total = kept + (default & now).sum(), total + default.sum()
+    assert kept >= 0.95 * total > 0
+    with pytest.raises(SegpipeError, match="road width must be >= 1"):
+        make_aerial(tmp_path / "bad", 1, SIZE, seed=7, road_width=0)

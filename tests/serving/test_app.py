@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from segpipe.inference.prediction import PredictOptions, predict_paths
-from segpipe.inference.tiling import Tiling
+from segpipe.data.tiling import Tiling
 from segpipe.serving.app import create_app
 from segpipe.serving.client import post_image
 from segpipe.serving.service import ModelService

@@ -27,6 +27,11 @@ RESUME_CASES = {
     "plain": ({}, [2]),
     "across the unfreeze": ({"freeze_epochs": 2, "freeze_batch_size": 3}, [1, 2]),
     "online augment": ({"online_augment": True}, [2]),
+    "patches": (
+        {"sampling": "patches", "patch_size": 16, "patch_scale": 0.75, "patches_per_image": 2,
+         "patch_class_balance": 0.5, "online_augment": True},
+        [1, 3],
+    ),
 }
 
 
@@ -112,6 +117,13 @@ def test_a_non_finite_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoi
 def test_image_size_off_the_model_stride_is_refused_with_a_size_that_works(samples, tmp_path: Path):
     with pytest.raises(SegpipeError, match=r"train\.image_size 40 must be a multiple of 16 .*try 32"):
         fit(tiny_params({"image_size": 40}), samples, samples, tmp_path / "models", progress=False)
+
+
+def test_patch_size_off_the_model_stride_is_refused_even_without_a_load_time_check(samples, tmp_path: Path):
+    # tiny_params does not pass the registry's stride to the params loader; fit still refuses.
+    params = tiny_params({"sampling": "patches", "patch_size": 24, "image_size": 40})
+    with pytest.raises(SegpipeError, match=r"train\.patch_size 24 must be a multiple of 16 .*try 32"):
+        fit(params, samples, samples, tmp_path / "models", progress=False)
 
 
 @pytest.mark.parametrize("model", [{"base_channels": 8}, {"cbam": True}], ids=["wider", "cbam"])

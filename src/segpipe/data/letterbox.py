@@ -13,6 +13,7 @@ pixels never count as background in the loss or the metrics.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -50,8 +51,13 @@ class Letterbox:
     size_w: int
 
     @classmethod
-    def fit(cls, src_hw: tuple[int, int], size_hw: tuple[int, int]) -> Letterbox:
-        """Place a (src_h, src_w) image, scaled to fit and centred, into a (size_h, size_w) canvas."""
+    def fit(cls, src_hw: tuple[int, int], size_hw: tuple[int, int], max_scale: float | None = None) -> Letterbox:
+        """Place a (src_h, src_w) image, scaled to fit and centred, into a (size_h, size_w) canvas.
+
+        Args:
+            max_scale: never enlarge beyond this factor (a patch model's training scale), so a
+                window smaller than the canvas is padded rather than blown up.
+        """
         src_h, src_w = (int(v) for v in src_hw)
         size_h, size_w = (int(v) for v in size_hw)
         if min(src_h, src_w) < 1:
@@ -61,6 +67,8 @@ class Letterbox:
                 f"letterbox size must be positive, got {size_h}x{size_w}; check the image size in params.yaml"
             )
         scale = min(size_h / src_h, size_w / src_w)
+        if max_scale is not None:
+            scale = min(scale, max_scale)
         # The limiting side gets exactly the canvas size; the other is rounded, at least 1 pixel.
         new_h = min(size_h, max(1, round(src_h * scale)))
         new_w = min(size_w, max(1, round(src_w * scale)))
@@ -75,6 +83,15 @@ class Letterbox:
             size_h=size_h,
             size_w=size_w,
         )
+
+    @classmethod
+    def scaled(cls, src_hw: tuple[int, int], scale: float) -> Letterbox:
+        """Resize a (src_h, src_w) image by `scale` with no padding: the canvas is the scaled size."""
+        src_h, src_w = (int(v) for v in src_hw)
+        if min(src_h, src_w) < 1 or scale <= 0:
+            raise SegpipeError(f"cannot scale an image of size {src_h}x{src_w} by {scale}")
+        new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
+        return cls(src_h, src_w, scale, new_h, new_w, top=0, left=0, size_h=new_h, size_w=new_w)
 
     @property
     def is_identity(self) -> bool:
@@ -182,3 +199,24 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)
+
+
+# Softmax probabilities (B, C, S, S) on the CPU for a normalised (B, 3, S, S) batch.
+CanvasForward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def predict_letterboxed(
+    forward: CanvasForward, images: Sequence[np.ndarray], size: int, max_scale: float | None = None
+) -> list[torch.Tensor]:
+    """Probabilities (C, H, W) of each (H, W, 3) uint8 image at its own size: letterbox into a
+    (size, size) canvas (enlarging at most by `max_scale`), run `forward`, restore.
+
+    The one way a model is fed whole images or tiles, shared by prediction and by training's
+    tiled validation, so the two cannot drift apart.
+    """
+    if not images:
+        return []
+    boxes = [Letterbox.fit(image.shape[:2], (size, size), max_scale) for image in images]
+    batch = torch.stack([to_tensor(box.apply_image(image)) for box, image in zip(boxes, images)])
+    probs = forward(batch)  # (B, C, S, S)
+    return [box.restore(p) for box, p in zip(boxes, probs)]

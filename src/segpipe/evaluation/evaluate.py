@@ -1,7 +1,8 @@
 """The evaluate stage: score a checkpoint on the validation images at their original resolution.
 
-Each image goes through `Predictor` (the same letterbox, model and restore as `predict`), the
-argmax is compared with the ground-truth mask at the mask's own size, and one `ConfusionMatrix`
+Each image goes through `Predictor` (the same letterbox, model and restore as `predict`; for a
+model trained on patches, the same smoothly blended tiles at its training scale), the argmax is
+compared with the ground-truth mask at the mask's own size, and one `ConfusionMatrix`
 collects every pixel of the set (255 ignored), so the means are over pixels of the whole set, not
 means of per-image means. Outputs:
 
@@ -41,7 +42,7 @@ from segpipe.evaluation.plots import (
     plot_gallery,
 )
 from segpipe.imageio import atomic_write_text, read_class_mask, read_image
-from segpipe.inference.predictor import Predictor, class_map
+from segpipe.inference.predictor import Predictor
 from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
 from segpipe.runtime import resolve_device
@@ -123,9 +124,8 @@ def evaluate(
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
             pairs = [load_pair(sample) for sample in chunk]
-            probs = predictor.predict_batch([image for image, _ in pairs])
-            for sample, (_, mask), p in zip(chunk, pairs, probs):
-                labels = class_map(p)
+            label_maps = predictor.class_maps([image for image, _ in pairs], batch_size)
+            for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
                 try:
                     matrix.update(mask, labels)
                 except SegpipeError as exc:  # the message names the bad value; add the file
@@ -252,7 +252,7 @@ def gallery_rows(
     for index, label in gallery_choice([r.id for r in results], [r.miou for r in results], k):
         image, mask = load_pair(samples[index])
         title = gallery_title(label, results[index].id, results[index].miou)
-        rows.append(GalleryRow(title, image, mask, class_map(predictor.predict_probs(image))))
+        rows.append(GalleryRow(title, image, mask, predictor.class_maps([image])[0]))
     return rows
 
 

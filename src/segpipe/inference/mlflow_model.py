@@ -26,7 +26,7 @@ from segpipe.inference.single import (
     mask_png,
     predict_labels,
 )
-from segpipe.inference.tiling import Tiling
+from segpipe.data.tiling import Tiling
 from segpipe.models.checkpoint import load_model
 
 INPUT_COLUMN = "image"

@@ -24,7 +24,7 @@ from segpipe.errors import SegpipeError
 from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image
 from segpipe.palette import colour_overlay, output_mask
 from segpipe.inference.predictor import Predictor, class_map
-from segpipe.inference.tiling import Tiling, predict_tiled
+from segpipe.data.tiling import Tiling, predict_tiled
 
 
 @dataclass
@@ -45,18 +45,20 @@ class PredictOptions:
 
     overlay: bool = False
     probs: bool = False
-    tile: int | None = None  # None: whole images, letterboxed like in training
+    tile: int | None = None  # None: as the model was trained (whole letterboxed images, or its patch tiles)
     overlap: float = 0.25
     tta: bool = False
     batch_size: int = 8
 
-    def tiling(self) -> Tiling | None:
-        """The window settings when tiling (None for whole images); raises on bad values."""
+    def tiling(self, model_tiling: Tiling | None = None) -> Tiling | None:
+        """The window settings: `tile` when set, else the model's own (`Predictor.tiling`, None
+        for a letterbox model: whole images); raises on bad values."""
         if self.batch_size < 1:
             raise SegpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.tile is None:
+        if self.tile is None and model_tiling is None:
             return None
-        return Tiling(self.tile, self.overlap, batch_size=self.batch_size)
+        tile = self.tile if self.tile is not None else model_tiling.tile
+        return Tiling(tile, self.overlap, batch_size=self.batch_size)
 
 
 def predict_paths(
@@ -82,14 +84,15 @@ def predict_paths(
         inputs whose outputs would share a name, an unreadable checkpoint), before anything is
         written; unreadable images are only reported in the returned report.
     """
-    tiling = options.tiling()  # checks the tile settings before anything is read
+    options.tiling()  # checks the tile settings before anything is read
     images = resolve_inputs(inputs)
     out_dir = Path(out_dir)
     check_outputs(images, out_dir, options, checkpoint)
     predictor = Predictor(checkpoint, device)  # an unreadable checkpoint fails before out_dir exists
     out_dir.mkdir(parents=True, exist_ok=True)
+    tiling = options.tiling(predictor.tiling)  # a patch model brings its own tiles
     report = PredictReport()
-    batch = 1 if options.tile else options.batch_size
+    batch = 1 if tiling is not None else options.batch_size
     with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
         for chunk in _chunks(images, batch):
             loaded = _read_all(chunk, report)

@@ -7,12 +7,17 @@ therefore score exactly the numbers `evaluate` reports.
     image (H, W, 3) --Letterbox.fit/apply_image--> canvas (S, S) --to_tensor--> model --softmax-->
     (C, S, S) --Letterbox.restore--> (C, H, W)
 
-S is the checkpoint's `image_size`. Large images go through `segpipe.inference.tiling` with
-`Predictor.predict_batch` as the function that predicts each window.
+S is the checkpoint's `image_size`. Large images go through `segpipe.data.tiling` with
+`Predictor.predict_batch` as the function that predicts each window. A model trained on patches
+(`train.sampling: patches`) is never fed a whole letterboxed image: `class_maps` tiles every image
+with windows of patch_size / patch_scale source pixels, each scaled by patch_scale into the
+patch_size input, as it was trained, and windows are never enlarged beyond that scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from segpipe.errors import SegpipeError
-from segpipe.data.letterbox import Letterbox, to_tensor
+from segpipe.data.letterbox import predict_letterboxed
+from segpipe.data.tiling import Tiling, patch_tiling, predict_tiled
 from segpipe.models.checkpoint import load_model
 
 
@@ -36,22 +42,35 @@ class Predictor:
 
     def __init__(self, checkpoint_path: Path, device: torch.device = torch.device("cpu")) -> None:
         loaded = load_model(checkpoint_path)
-        self._setup(loaded.model, loaded.classes, loaded.image_size, device)
+        patch_scale = loaded.patch_scale if loaded.sampling == "patches" else None
+        self._setup(loaded.model, loaded.classes, loaded.image_size, device, patch_scale)
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, classes: Sequence[str], image_size: int, device: torch.device = torch.device("cpu")
+        cls,
+        model: nn.Module,
+        classes: Sequence[str],
+        image_size: int,
+        device: torch.device = torch.device("cpu"),
+        *,
+        patch_scale: float | None = None,
     ) -> Predictor:
-        """A predictor around a model already in memory (benchmarks, tests)."""
+        """A predictor around a model already in memory (benchmarks, tests); `patch_scale` for a
+        model trained on image_size patches at that scale, None for a letterbox model."""
         predictor = cls.__new__(cls)
-        predictor._setup(model, classes, image_size, device)
+        predictor._setup(model, classes, image_size, device, patch_scale)
         return predictor
 
-    def _setup(self, model: nn.Module, classes: Sequence[str], image_size: int, device: torch.device) -> None:
+    def _setup(
+        self, model: nn.Module, classes: Sequence[str], image_size: int, device: torch.device, patch_scale: float | None
+    ) -> None:
         self.model = model.to(device).eval()
         self.classes = list(classes)
         self.image_size = int(image_size)
         self.device = device
+        self.patch_scale = patch_scale
+        # A patch model's own windows; None: whole images, letterboxed.
+        self.tiling: Tiling | None = None if patch_scale is None else patch_tiling(self.image_size, patch_scale)
 
     @property
     def num_classes(self) -> int:
@@ -62,13 +81,19 @@ class Predictor:
         return self.predict_batch([image], tta=tta)[0]
 
     def predict_batch(self, images: Sequence[np.ndarray], *, tta: bool = False) -> list[torch.Tensor]:
-        """`predict_probs` for several images in one forward pass; each keeps its own size."""
-        if not images:
-            return []
-        boxes = [Letterbox.fit(image.shape[:2], (self.image_size, self.image_size)) for image in images]
-        batch = torch.stack([to_tensor(box.apply_image(image)) for box, image in zip(boxes, images)])
-        probs = self.canvas_probs(batch, tta=tta)  # (B, C, S, S)
-        return [box.restore(p) for box, p in zip(boxes, probs)]
+        """`predict_probs` for several images (or tiles) in one forward pass; each keeps its own
+        size. A patch model's inputs are never enlarged beyond its training scale."""
+        forward = functools.partial(self.canvas_probs, tta=tta)
+        return predict_letterboxed(forward, images, self.image_size, self.patch_scale)
+
+    def class_maps(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[np.ndarray]:
+        """The (H, W) uint8 class map of each whole image, the way the model was trained: one
+        letterboxed pass per image, or, for a patch model, its own blended tiles
+        (`batch_size` windows per forward pass)."""
+        if self.tiling is None:
+            return [class_map(probs) for probs in self.predict_batch(images)]
+        tiling = dataclasses.replace(self.tiling, batch_size=batch_size)
+        return [predict_tiled(self.predict_batch, image, tiling)[0] for image in images]
 
     @torch.no_grad()
     def canvas_probs(self, batch: torch.Tensor, *, tta: bool = False) -> torch.Tensor:

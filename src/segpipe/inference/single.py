@@ -16,7 +16,7 @@ import numpy as np
 
 from segpipe.imageio import read_image
 from segpipe.inference.predictor import Predictor, class_map
-from segpipe.inference.tiling import Tiling, predict_tiled
+from segpipe.data.tiling import Tiling, predict_tiled
 from segpipe.palette import output_mask
 
 DEFAULT_OVERLAP = 0.25  # `predict --overlap`'s default

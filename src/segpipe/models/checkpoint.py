@@ -1,8 +1,10 @@
 """The checkpoint format, owned here: `checkpoint_contents` defines it, `save_checkpoint` writes it,
 `load_model` turns a file back into the model, its class names and its input size.
 
-A checkpoint carries its own config (the model section, classes, image size and all params), so
-`evaluate` and `predict` rebuild the model from the file alone. It is a plain dict of tensors,
+A checkpoint carries its own config (the model section, classes, input size, how it was sampled
+and all params), so `evaluate` and `predict` rebuild and feed the model from the file alone: a
+letterbox model gets whole letterboxed images, a patch model smoothly blended tiles cut at its
+training scale. It is a plain dict of tensors,
 numbers, strings, lists and dicts, so it loads with `torch.load(weights_only=True)`, which cannot
 run code hidden in a file.
 """
@@ -25,7 +27,8 @@ from segpipe.models.unet import UNet
 FORMAT_VERSION = 1
 # What `checkpoint_contents` writes about the model; everything else in a checkpoint is the state
 # only a resume needs (optimizer, scheduler, scaler, RNG, history).
-MODEL_KEYS = ("format", "model", "model_args", "classes", "image_size", "params")
+MODEL_KEYS = ("format", "model", "model_args", "classes", "image_size", "sampling", "params")
+SAMPLING_MODES = ("letterbox", "patches")
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,10 @@ class LoadedModel:
 
     model: UNet
     classes: tuple[str, ...]
-    image_size: int  # the letterboxed square side it was trained at
+    image_size: int  # the square side it was trained at: letterbox canvas, or patch side
     params: dict[str, Any]  # every setting it was trained with (params.yaml as JSON)
+    sampling: str = "letterbox"  # letterbox | patches (train.sampling)
+    patch_scale: float = 1.0  # patches only: the scale of native resolution it was trained at
 
 
 def checkpoint_contents(model: UNet, params: Params, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -45,12 +50,15 @@ def checkpoint_contents(model: UNet, params: Params, training: Mapping[str, Any]
         training: the state a resume needs (epoch, optimizer, scheduler, RNG, history); None for a
             checkpoint that is only for prediction.
     """
+    cfg = params.train
     return {
         "format": FORMAT_VERSION,
         "model": model.state_dict(),
         "model_args": model.model_args(),
         "classes": list(params.base.classes),
-        "image_size": params.train.image_size,
+        "image_size": cfg.input_size,
+        # Absent from checkpoints written before patch training: those are letterbox models.
+        "sampling": {"mode": cfg.sampling, "patch_size": cfg.patch_size, "patch_scale": cfg.patch_scale},
         "params": params.model_dump(mode="json"),
         **(training or {}),
     }
@@ -94,11 +102,16 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> UNet:
 
 
 def load_model(path: Path) -> LoadedModel:
-    """The model in a checkpoint file (on the CPU), its class names and its input size."""
+    """The model in a checkpoint file (on the CPU), its class names, input size and sampling."""
     checkpoint = load_checkpoint(path, map_location="cpu")
+    sampling = checkpoint.get("sampling", {"mode": "letterbox", "patch_scale": 1.0})
+    if sampling.get("mode") not in SAMPLING_MODES:
+        raise SegpipeError(f"{path}: unknown sampling {sampling.get('mode')!r}, expected one of {', '.join(SAMPLING_MODES)}")
     return LoadedModel(
         model=model_from_checkpoint(checkpoint),
         classes=tuple(checkpoint["classes"]),
         image_size=int(checkpoint["image_size"]),
         params=dict(checkpoint.get("params", {})),
+        sampling=str(sampling["mode"]),
+        patch_scale=float(sampling["patch_scale"]),
     )

@@ -41,7 +41,13 @@ class DoubleConv(nn.Sequential):
 
 
 class Encoder(nn.Module):
-    """Runs the stages in order and returns every stage's output, shallow to deep."""
+    """Runs the stages in order and returns every stage's output, shallow to deep.
+
+    Subclasses declare their ``STRIDES`` on the class, so the input multiple a backbone needs is
+    known without building it (``registry.required_multiple``).
+    """
+
+    STRIDES: tuple[int, ...] = ()
 
     out_channels: tuple[int, ...]
     strides: tuple[int, ...]
@@ -77,12 +83,14 @@ class PlainEncoder(Encoder):
     Channels are ``base_channels * (1, 2, 4, 8, 16)`` at strides ``(1, 2, 4, 8, 16)``.
     """
 
+    STRIDES = (1, 2, 4, 8, 16)
+
     def __init__(self, *, in_channels: int = 3, base_channels: int = 32) -> None:
         channels = [base_channels * 2**i for i in range(5)]
         stages: list[nn.Module] = [DoubleConv(in_channels, channels[0])]
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             stages.append(nn.Sequential(nn.MaxPool2d(2), DoubleConv(c_in, c_out)))
-        super().__init__(stages, channels, strides=(1, 2, 4, 8, 16))
+        super().__init__(stages, channels, strides=self.STRIDES)
 
 
 # torchvision's vgg16 "D" configuration: numbers are 3x3 conv widths, "M" a 2x2 maxpool.
@@ -102,11 +110,13 @@ class VGG16Encoder(Encoder):
     one to one; building only the features skips torchvision's 120M-parameter classifier.
     """
 
+    STRIDES = (1, 2, 4, 8, 16)
+
     def __init__(self) -> None:
         layers = _vgg16_feature_layers()
         bounds = (*_VGG16_STAGE_STARTS, len(layers))
         stages = [nn.Sequential(*layers[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        super().__init__(stages, out_channels=(64, 128, 256, 512, 512), strides=(1, 2, 4, 8, 16))
+        super().__init__(stages, out_channels=(64, 128, 256, 512, 512), strides=self.STRIDES)
 
     def torchvision_key(self, key: str) -> str | None:
         prefix, _, rest = key.partition(".")
@@ -155,6 +165,8 @@ class ResNet50Encoder(Encoder):
     layer2 (512, 8), layer3 (1024, 16), layer4 (2048, 32).
     """
 
+    STRIDES = (2, 4, 8, 16, 32)
+
     def __init__(self) -> None:
         net = torchvision.models.resnet50(weights=None)
         stages = [
@@ -164,7 +176,7 @@ class ResNet50Encoder(Encoder):
             net.layer3,
             net.layer4,
         ]
-        super().__init__(stages, out_channels=(64, 256, 512, 1024, 2048), strides=(2, 4, 8, 16, 32))
+        super().__init__(stages, out_channels=(64, 256, 512, 1024, 2048), strides=self.STRIDES)
 
     def torchvision_key(self, key: str) -> str | None:
         for source, target in _RESNET_PREFIXES.items():

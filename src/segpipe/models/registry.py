@@ -50,6 +50,7 @@ _BUILDERS: dict[str, Builder] = {
     "vgg16": _build_vgg16,
 }
 BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
+_ENCODERS: dict[str, type[Encoder]] = {"plain": PlainEncoder, "resnet50": ResNet50Encoder, "vgg16": VGG16Encoder}
 
 # torchvision weights whose file "imagenet" means; `plain` has none.
 _IMAGENET_WEIGHTS = {
@@ -66,6 +67,14 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     loaded_encoder: int = 0  # how many of `loaded` went into the encoder
+
+
+def required_multiple(backbone: str) -> int:
+    """The input side `backbone`'s U-Net needs a multiple of (its total stride), without building it."""
+    encoder = _ENCODERS.get(backbone)
+    if encoder is None:
+        raise SegpipeError(f"unknown model.backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    return encoder.STRIDES[-1]
 
 
 def build_model(config: ModelSection, num_classes: int) -> UNet:

@@ -292,8 +292,9 @@ def _hex_rgb(colour: str) -> tuple[int, int, int]:
     return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
 
 
-def _paint_roads(rng, labels: np.ndarray) -> float:
-    """Draw 1-3 straight road bands across the tile; returns the main road's angle (radians)."""
+def _paint_roads(rng, labels: np.ndarray, road_width: int | None) -> float:
+    """Draw 1-3 straight road bands across the tile, 3-7% of its side wide or exactly
+    `road_width` pixels; returns the main road's angle (radians)."""
     size = labels.shape[0]
     main = rng.uniform(0, np.pi)
     for road in range(int(rng.integers(1, 4))):
@@ -301,9 +302,21 @@ def _paint_roads(rng, labels: np.ndarray) -> float:
         through = rng.uniform(0.15 * size, 0.85 * size, 2)
         reach = 2 * size * np.array([np.cos(angle), np.sin(angle)])
         p0, p1 = np.round(through - reach).astype(int), np.round(through + reach).astype(int)
+        # Drawn even when road_width is given, so the rest of the tile is laid out as by default.
         width = max(2, int(rng.uniform(0.03, 0.07) * size))
-        cv2.line(labels, tuple(map(int, p0)), tuple(map(int, p1)), _CLASS["road"], width, cv2.LINE_8)
+        if road_width is None:
+            cv2.line(labels, tuple(map(int, p0)), tuple(map(int, p1)), _CLASS["road"], width, cv2.LINE_8)
+        else:  # cv2's thick lines are wider than asked; pixel centres within width / 2 are exact
+            labels[_band(labels.shape, through, angle, road_width)] = _CLASS["road"]
     return float(main)
+
+
+def _band(shape: tuple[int, int], through: np.ndarray, angle: float, width: float) -> np.ndarray:
+    """(H, W) bool: pixels whose centres lie within width / 2 of the line through `through` (x, y)
+    at `angle`, so the band covers `width` pixels per unit of length at any angle."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    across = (cols - through[0]) * -np.sin(angle) + (rows - through[1]) * np.cos(angle)
+    return np.abs(across) < width / 2
 
 
 def _place_buildings(rng, labels: np.ndarray, road_angle: float) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -328,13 +341,13 @@ def _place_buildings(rng, labels: np.ndarray, road_angle: float) -> list[tuple[n
     return placed
 
 
-def _aerial_layout(rng, size: int) -> tuple[np.ndarray, list]:
+def _aerial_layout(rng, size: int, road_width: int | None = None) -> tuple[np.ndarray, list]:
     """Class index map (H, W) uint8 of one tile, plus the buildings' corners and roof colours."""
     labels = np.full((size, size), _CLASS["land"], np.uint8)
     for _ in range(int(rng.choice([0, 1, 2], p=[0.4, 0.45, 0.15]))):
         blob = _random_blob(rng, rng.uniform(0.12, 0.3) * size, rng.uniform(1, 2), 0.2, rng.uniform(0, np.pi))
         _fill(labels, blob.moved(tuple(rng.uniform(0, size, 2))).points(128), _CLASS["water"])
-    road_angle = _paint_roads(rng, labels)
+    road_angle = _paint_roads(rng, labels, road_width)
     for _ in range(int(rng.integers(1, 5))):
         blob = _random_blob(rng, rng.uniform(0.04, 0.11) * size, rng.uniform(1, 2), 0.4, rng.uniform(0, np.pi))
         _fill(labels, blob.moved(tuple(rng.uniform(0.1, 0.9, 2) * size)).points(64), _CLASS["vegetation"])
@@ -365,7 +378,7 @@ def _render_aerial(rng, labels: np.ndarray, buildings: list) -> np.ndarray:
     return np.clip(image + rng.normal(0, 3, image.shape), 0, 255).astype(np.uint8)
 
 
-def make_aerial(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
+def make_aerial(out_dir: Path, count: int, size: int, seed: int, road_width: int | None = None) -> list[Path]:
     """Write `count` synthetic aerial tiles and their RGB colour-coded masks.
 
     Args:
@@ -375,17 +388,21 @@ def make_aerial(out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
         count: number of tiles.
         size: side of the square tiles in pixels.
         seed: same seed and arguments give byte-identical files.
+        road_width: roads exactly this many pixels wide (thin structures that shrinking loses);
+            None: 3-7% of the side, as in the default sample.
     Returns:
         The image paths, in id order.
     """
     _check_args(count, size)
+    if road_width is not None and road_width < 1:
+        raise SegpipeError(f"sample: road width must be >= 1 pixel, got {road_width}")
     palette = np.array([_hex_rgb(AERIAL_COLORS[name]) for name in AERIAL_CLASSES], np.uint8)
     with atomic_dir(Path(out_dir), owned=(IMAGES, MASKS)) as tmp:
         (tmp / IMAGES).mkdir()
         (tmp / MASKS).mkdir()
         for index in range(count):
             rng = np.random.default_rng([seed, _STREAM_AERIAL, index])
-            labels, buildings = _aerial_layout(rng, size)
+            labels, buildings = _aerial_layout(rng, size, road_width)
             stem = f"aerial_{index:03d}"
             (tmp / IMAGES / f"{stem}.jpg").write_bytes(_jpeg_bytes(_render_aerial(rng, labels, buildings)))
             Image.fromarray(palette[labels]).save(tmp / MASKS / f"{stem}.png", format="PNG")

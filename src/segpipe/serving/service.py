@@ -21,7 +21,7 @@ from PIL import Image
 from segpipe.errors import SegpipeError
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.single import checkpoint_tiling, decode_image, mask_png, predict_labels, window_tiling
-from segpipe.inference.tiling import Tiling
+from segpipe.data.tiling import Tiling
 from segpipe.models.checkpoint import load_model
 from segpipe.palette import class_colours
 

@@ -1,6 +1,8 @@
 """The training loop: `fit` builds the model, then per epoch `train_one_epoch`, `validate` and
 `end_epoch` (history, checkpoints, MLflow).
 
+Training samples are whole letterboxed images or, with `train.sampling: patches`, random crops
+at a chosen scale validated by tiled prediction of whole images (`make_data` picks the pair).
 Two phases as in the paper: the first `train.freeze_epochs` epochs train the decoder on a frozen
 encoder (no gradients, normalisation statistics fixed), then everything trains; each phase has
 its own batch size and one LR schedule spans both. Every epoch's sample order and augmentation
@@ -24,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from segpipe import tracking
-from segpipe.config import Params
+from segpipe.config import Params, TrainSection
 from segpipe.data.dataset import SegmentationDataset
+from segpipe.data.patches import MemoryScaledCache, PatchDataset, ScaledLoader
 from segpipe.errors import SegpipeError
 from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores
@@ -33,6 +36,7 @@ from segpipe.models import UNet, build_model
 from segpipe.models.checkpoint import checkpoint_contents, load_checkpoint, save_checkpoint
 from segpipe.runtime import Distributed, Runtime, seed_everything, worker_init
 from segpipe.training.losses import make_loss
+from segpipe.training.tiled_validation import validate_tiled
 from segpipe.training.optim import LrSchedule, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,8 @@ class NonFiniteLoss(SegpipeError):
 
 
 EpochCallback = Callable[[TrainState], None]
+# model -> (validation loss, validation mIoU)
+Validation = Callable[[nn.Module], tuple[float, float]]
 
 
 def fit(
@@ -99,13 +105,11 @@ def fit(
     state = build_state(params, runtime)
     start_or_resume(state, params, models_dir, runtime)
     loss_fn = make_loss(cfg).to(runtime.device)
-    train_set = SegmentationDataset(train_samples, cfg.image_size, online_augment=cfg.online_augment, seed=params.base.seed)
-    val_set = SegmentationDataset(val_samples, cfg.image_size)
-    val_loader = make_loader(val_set, runtime.dist.rank_indices(len(val_set)), cfg.batch_size, cfg.workers, runtime.device)
+    train_set, run_validation = make_data(params, train_samples, val_samples, loss_fn, runtime)
     log.info(
-        "training %s%s on %s (%s), %d train / %d val images at %d px",
+        "training %s%s on %s (%s), %d train / %d val images, %s",
         params.model.backbone, " + CBAM" if params.model.cbam else "", runtime.device, runtime.precision.name,
-        len(train_set), len(val_set), cfg.image_size,
+        len(train_samples), len(val_samples), describe_sampling(cfg),
     )
     nets = PhaseNets(state.model, runtime.dist)
     disable = None if progress and runtime.dist.is_main else True
@@ -124,7 +128,7 @@ def fit(
         state.epoch = epoch + 1
         val_loss = val_miou = None
         if state.epoch % cfg.eval_period == 0 or state.epoch == cfg.epochs:
-            val_loss, val_miou = validate(state.model, val_loader, loss_fn, len(params.base.classes), runtime)
+            val_loss, val_miou = run_validation(state.model)
         end_epoch(state, EpochResult(state.epoch, train_loss, val_loss, val_miou, lr), params, models_dir, runtime.dist, tracker)
         show_epoch(epochs, state)
         if on_epoch_end is not None:
@@ -161,6 +165,35 @@ class PhaseNets:
         return self._net
 
 
+def scaled_loader() -> ScaledLoader:
+    """Where patch training and its tiled validation get whole decoded images, scaled: the one
+    place that chooses it (a plain in-memory cache; a persistent decoded cache plugs in here)."""
+    return MemoryScaledCache()
+
+
+def make_data(
+    params: Params, train_samples: Sequence[Sample], val_samples: Sequence[Sample], loss_fn: nn.Module, runtime: Runtime
+) -> tuple[Dataset, Validation]:
+    """The training set that train.sampling asks for, and the validation that goes with it:
+    letterboxed whole images, or random patches validated by tiled prediction of whole images."""
+    cfg, seed, num_classes = params.train, params.base.seed, len(params.base.classes)
+    if cfg.sampling == "patches":
+        load = scaled_loader()
+        train_set = PatchDataset(train_samples, cfg, seed=seed, load=load)
+        return train_set, lambda model: validate_tiled(model, val_samples, load, loss_fn, num_classes, runtime, cfg)
+    train_set = SegmentationDataset(train_samples, cfg.image_size, online_augment=cfg.online_augment, seed=seed)
+    val_set = SegmentationDataset(val_samples, cfg.image_size)
+    val_loader = make_loader(val_set, runtime.dist.rank_indices(len(val_set)), cfg.batch_size, cfg.workers, runtime.device)
+    return train_set, lambda model: validate(model, val_loader, loss_fn, num_classes, runtime)
+
+
+def describe_sampling(cfg: TrainSection) -> str:
+    """How training inputs are made, for the log."""
+    if cfg.sampling == "patches":
+        return f"{cfg.patches_per_image} patches of {cfg.patch_size} px per image at scale {cfg.patch_scale:g}"
+    return f"letterboxed to {cfg.image_size} px"
+
+
 def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, workers: int, device: torch.device) -> DataLoader:
     return DataLoader(
         Subset(dataset, list(indices)),
@@ -174,7 +207,7 @@ def make_loader(dataset: Dataset, indices: Sequence[int], batch_size: int, worke
 
 
 def build_state(params: Params, runtime: Runtime) -> TrainState:
-    """The model (checked against train.image_size), optimizer, LR schedule and gradient scaler."""
+    """The model (checked against its input size), optimizer, LR schedule and gradient scaler."""
     model = build_model(params.model, len(params.base.classes))
     check_image_size(params, model.required_multiple)
     model.to(runtime.device)
@@ -191,11 +224,14 @@ def build_state(params: Params, runtime: Runtime) -> TrainState:
 
 
 def check_image_size(params: Params, multiple: int) -> None:
-    """train.image_size must be a multiple of the model's total stride (`UNet.required_multiple`)."""
-    if params.train.image_size % multiple:
-        nearest = max(1, round(params.train.image_size / multiple)) * multiple
+    """The model's input (train.image_size, or train.patch_size when training on patches) must be a
+    multiple of the model's total stride (`UNet.required_multiple`)."""
+    size = params.train.input_size
+    if size % multiple:
+        key = "patch_size" if params.train.sampling == "patches" else "image_size"
+        nearest = max(1, round(size / multiple)) * multiple
         raise SegpipeError(
-            f"train.image_size {params.train.image_size} must be a multiple of {multiple} "
+            f"train.{key} {size} must be a multiple of {multiple} "
             f"for model.backbone {params.model.backbone}; try {nearest}"
         )
 

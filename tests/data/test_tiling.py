@@ -9,7 +9,7 @@ import torch
 from segpipe.data.letterbox import to_tensor
 from segpipe.errors import SegpipeError
 from segpipe.inference.predictor import Predictor, class_map
-from segpipe.inference.tiling import Tiling, predict_tiled, tiled_bands, weight_window, window_starts
+from segpipe.data.tiling import Tiling, patch_tiling, predict_tiled, tiled_bands, weight_window, window_starts
 from tests.helpers import PixelwiseModel, random_image, tiny_checkpoint
 
 def test_window_starts_cover_the_length_and_end_flush():
@@ -74,3 +74,10 @@ def test_bad_tiling_arguments_are_errors():
         Tiling(16, overlap=1.0)
     with pytest.raises(SegpipeError, match="window"):
         Tiling(16, window="box")
+
+
+@pytest.mark.parametrize(("patch", "scale", "tile"), [(256, 1.0, 256), (256, 0.5, 512), (96, 0.3, 320), (90, 0.3, 300), (64, 3.0, 21)])
+def test_patch_tiling_cuts_windows_that_the_training_scale_maps_onto_the_patch(patch, scale, tile):
+    tiling = patch_tiling(patch, scale)
+    assert tiling.tile == tile
+    assert round(tiling.tile * scale) <= patch  # a whole window fits the model input at that scale

@@ -1,9 +1,12 @@
 """Smoothly blended tiled prediction of large images (aerial mosaics, whole slides).
 
 Overlapping `tile` x `tile` windows are each predicted by a function given by the caller
-(usually `Predictor.predict_batch`, which letterboxes a window like a whole image, so a window is
-resized to the model's size when tile != image_size); their probabilities are blended with a
-smooth 2-D weight that falls towards the window's edges, where a U-Net sees the least context.
+(`Predictor.predict_batch` in evaluate and predict, the model in training's validation of a patch
+model; both letterbox a window like a whole image through `letterbox.predict_letterboxed`, so a
+window is resized to the model's size when tile != image_size); their probabilities are blended
+with a smooth 2-D weight that falls towards the window's edges, where a U-Net sees the least
+context. It lives in the data phase, beside the letterbox and the training patches, because
+training (validation), inference and evaluation all cut images this way.
 Windows are processed one row at a time and only a band of `tile` rows of float32 sums is kept,
 so a 10,000 x 10,000 image needs about C x tile x W x 4 bytes besides the image and its uint8
 label map. `predict_tiled` is the entry point.
@@ -11,6 +14,7 @@ label map. `predict_tiled` is the entry point.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -61,6 +65,14 @@ class Tiling:
             )
         if self.window not in WINDOWS:
             raise SegpipeError(f"unknown blending window {self.window!r}; choose one of {', '.join(WINDOWS)}")
+
+
+def patch_tiling(patch_size: int, patch_scale: float, batch_size: int = 4) -> Tiling:
+    """The windows of a model trained on `patch_size` crops of images scaled by `patch_scale`:
+    floor(patch_size / patch_scale) source pixels, so a window scaled by patch_scale fills the
+    model's patch_size input (letterboxing it with `max_scale=patch_scale` keeps that scale)."""
+    # The epsilon keeps e.g. 90 / 0.3 = 299.99999999999994 from flooring to 299.
+    return Tiling(max(1, math.floor(patch_size / patch_scale + 1e-9)), batch_size=batch_size)
 
 
 def predict_tiled(

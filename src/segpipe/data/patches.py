@@ -1,0 +1,152 @@
+"""Training on patches: random square crops of each image at a chosen scale of its resolution.
+
+With `train.sampling: patches`, every epoch cuts `patches_per_image` crops of `patch_size` from
+each training image scaled by `patch_scale` (1.0 = native resolution), so a 2,000-pixel aerial
+tile is learnt at its own scale instead of being shrunk to `image_size`. A crop is centred on a
+pixel of a randomly chosen non-background class present in the image with probability
+`patch_class_balance` (nnU-Net's foreground oversampling), else placed uniformly. A scaled image
+smaller than a patch is padded, image with the letterbox colour and mask with `IGNORE_INDEX`, at
+a random offset. Draws come from (seed, epoch, index) alone, so a resumed run sees the same
+patches, whichever DataLoader worker cuts them.
+
+Patches are cut from whole images already decoded and scaled, never by decoding an image per
+crop: the dataset takes a `ScaledLoader`, `load(sample, scale) -> (image, mask)`.
+`MemoryScaledCache` is the plain one (decode and scale once per process, keep it in memory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segpipe.config import TrainSection
+from segpipe.data.dataset import online_transform
+from segpipe.data.letterbox import MEAN_PAD_VALUE, Letterbox, to_tensor
+from segpipe.errors import SegpipeError
+from segpipe.imageio import IGNORE_INDEX, read_class_mask, read_image
+from segpipe.layout import Sample
+
+# (sample, scale) -> (image (H, W, 3) uint8, mask (H, W) uint8) of the whole image scaled by scale.
+ScaledLoader = Callable[[Sample, float], tuple[np.ndarray, np.ndarray]]
+
+# Pixels kept per class for centring crops: enough to spread crops over a class, few enough that
+# the lists of a large image stay small (nnU-Net samples its class locations the same way).
+MAX_CLASS_POINTS = 10_000
+
+
+def scale_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask resized by `scale` with the letterbox's interpolation (area when
+    shrinking, bilinear when enlarging; nearest for the mask), no padding."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise SegpipeError(
+            f"image of size {image.shape[0]}x{image.shape[1]} and mask of size "
+            f"{mask.shape[0]}x{mask.shape[1]} differ; they must come from the same annotation"
+        )
+    box = Letterbox.scaled(image.shape[:2], scale)
+    return box.apply_image(image), box.apply_mask(mask)
+
+
+class MemoryScaledCache:
+    """A `ScaledLoader` that decodes and scales each sample once and keeps it in this process's
+    memory for the run. DataLoader workers (train.workers > 0) each hold, and fill, their own."""
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, sample: Sample, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        key = (str(sample.image), str(sample.mask), scale)
+        if key not in self._pairs:
+            self._pairs[key] = scale_pair(read_image(sample.image), read_class_mask(sample.mask), scale)
+        return self._pairs[key]
+
+
+def class_points(mask: np.ndarray, max_points: int = MAX_CLASS_POINTS) -> dict[int, np.ndarray]:
+    """Flat pixel indices of each non-background class present in `mask` (ignored pixels left
+    out), at most `max_points` per class, evenly spaced so that the choice needs no randomness."""
+    flat = mask.ravel()
+    points = {}
+    for value in np.unique(flat):
+        if value in (0, IGNORE_INDEX):
+            continue
+        where = np.flatnonzero(flat == value)
+        points[int(value)] = where[:: max(1, len(where) // max_points)][:max_points]
+    return points
+
+
+def crop_start(rng: np.random.Generator, length: int, patch: int, centre: int | None = None) -> int:
+    """Where a `patch`-long crop of a `length`-long axis starts: uniform over the positions that
+    keep the crop inside (or, when length < patch, the image inside the crop), or centred on
+    `centre` and pushed back inside those bounds."""
+    low, high = min(0, length - patch), max(0, length - patch)
+    if centre is None:
+        return int(rng.integers(low, high + 1))
+    return int(np.clip(centre - patch // 2, low, high))
+
+
+def cut(array: np.ndarray, top: int, left: int, patch: int, fill: int | tuple[int, ...]) -> np.ndarray:
+    """The (patch, patch[, C]) window of `array` at (top, left); what lies outside is `fill`."""
+    out = np.empty((patch, patch, *array.shape[2:]), dtype=array.dtype)
+    out[...] = fill
+    height, width = array.shape[:2]
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + patch, height), min(left + patch, width)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
+    return out
+
+
+class PatchDataset(Dataset):
+    """`patches_per_image` random crops of every sample per epoch: image (3, P, P) normalised
+    float, mask (P, P) long, P = train.patch_size; item i is a crop of sample i // patches_per_image.
+
+    Args:
+        samples: the training images.
+        config: the train section (patch_size, patch_scale, patches_per_image,
+            patch_class_balance, online_augment).
+        seed: base.seed; with the epoch and the item index it fixes every draw.
+        load: where scaled whole images come from.
+    """
+
+    def __init__(self, samples: Sequence[Sample], config: TrainSection, *, seed: int, load: ScaledLoader) -> None:
+        self.samples = list(samples)
+        self.patch, self.scale = config.patch_size, config.patch_scale
+        self.per_image, self.balance = config.patches_per_image, config.patch_class_balance
+        self.online_augment = config.online_augment
+        self.seed, self.load = seed, load
+        self.epoch = 0
+        self._points: dict[int, dict[int, np.ndarray]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.per_image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sample_index = index // self.per_image
+        image, mask = self.load(self.samples[sample_index], self.scale)
+        # A seed sequence needs non-negative entries; base.seed may be any int.
+        rng = np.random.default_rng([self.seed % 2**63, self.epoch, index])
+        top, left = self._origin(rng, sample_index, mask)
+        image = cut(image, top, left, self.patch, MEAN_PAD_VALUE)
+        mask = cut(mask, top, left, self.patch, IGNORE_INDEX)
+        if self.online_augment:
+            out = online_transform(int(rng.integers(2**31)))(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return to_tensor(image), torch.from_numpy(mask.astype(np.int64))
+
+    def _origin(self, rng: np.random.Generator, sample_index: int, mask: np.ndarray) -> tuple[int, int]:
+        """Top-left corner of the crop: on a present class with probability `balance`, else uniform."""
+        height, width = mask.shape
+        centre_y = centre_x = None
+        if rng.random() < self.balance:
+            if sample_index not in self._points:
+                self._points[sample_index] = class_points(mask)
+            points = self._points[sample_index]
+            if points:
+                chosen = points[sorted(points)[int(rng.integers(len(points)))]]
+                centre_y, centre_x = divmod(int(chosen[rng.integers(len(chosen))]), width)
+        return crop_start(rng, height, self.patch, centre_y), crop_start(rng, width, self.patch, centre_x)
