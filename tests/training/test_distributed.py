@@ -51,7 +51,7 @@ def test_torchrun_with_two_cpu_processes_trains_and_only_rank_0_writes(tmp_path:
     # Rank 0 reports (it wrote the outputs); rank 1 trained its shard and returned without writing.
     assert set(logs) == {"0", "1"}
     assert "train: best val mIoU" in logs["0"]
-    assert "train: registered as MLflow model segpipe version 1" in logs["0"]  # the best model, published once
+    assert "train: registered as MLflow model 'segpipe' version 1" in logs["0"]  # the best model, published once
     assert "train:" not in logs["1"]
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "best.pt", "epoch_002.pt", "last.pt", "mlflow_run_id.txt",

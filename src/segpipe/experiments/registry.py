@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segpipe import tracking
-from segpipe.config import parse_params
 from segpipe.errors import SegpipeError
 from segpipe.experiments.runs import EXP_NAME_TAG, experiment_id, no_progress_bar, resolve_runs
-from segpipe.models.checkpoint import checkpoint_contents, load_model, save_checkpoint
+from segpipe.models.checkpoint import write_deployment_checkpoint
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -37,14 +36,6 @@ CHECKPOINT_FILE = "best.pt"
 # What the logged model needs at run time (segpipe itself travels as code with it); exact
 # versions from this environment, so MLflow does not spend seconds inferring them.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pydantic", "PyYAML")
-
-
-def deployment_checkpoint(source: Path, target: Path) -> None:
-    """Write the checkpoint `source` without its training state (optimizer, scheduler, RNG) to `target`."""
-    loaded = load_model(source)
-    contents = checkpoint_contents(loaded.model, parse_params(loaded.params, f"{source} (its params)"))
-    # The size the weights were trained at; the params say the same in checkpoints training writes.
-    save_checkpoint(target, {**contents, "image_size": loaded.image_size})
 
 
 def publish_model(models_dir: Path, model_name: str) -> str | None:
@@ -82,7 +73,7 @@ def register_checkpoint(checkpoint: Path, run_id: str, model_name: str, uri: str
     exp_name = client.get_run(run_id).data.tags.get(EXP_NAME_TAG)
     with tempfile.TemporaryDirectory(prefix="segpipe-publish-") as tmp:
         slim = Path(tmp) / CHECKPOINT_FILE
-        deployment_checkpoint(checkpoint, slim)
+        write_deployment_checkpoint(checkpoint, slim)
         code = _copy_source(Path(tmp) / "code")
         with no_progress_bar(), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
