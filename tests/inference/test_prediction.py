@@ -41,30 +41,43 @@ def save_image(path: Path, h: int, w: int, seed: int = 0, **save_args) -> Path:
     return path
 
 
-def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed):
-    # The same Predictor, batching and argmax behind both commands: predict's masks on the
-    # validation images, scored here, must give eval.json's numbers to the last digit.
-    splits = tmp_path / "splits"
-    splits.mkdir()
-    (splits / "val.txt").write_text("img001\nimg003\nimg004\n")
-    samples = validation_samples(processed, splits)
-    checkpoint = balance(tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=32), [s.image for s in samples])
+def assert_predict_masks_score_what_evaluate_reports(checkpoint: Path, samples, tmp_path: Path) -> list[str]:
+    """Evaluate `checkpoint` on `samples`, predict their masks, re-score the written masks and
+    check they give eval.json's numbers exactly; returns the absent classes."""
     out = EvalOutputs(
         tmp_path / "eval.json", tmp_path / "info.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv",
         tmp_path / "plots",
     )
     evaluated = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
-
     report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", PredictOptions(batch_size=2), progress=False)
-    assert report.ok and len(report.written) == 3
+    assert report.ok and len(report.written) == len(samples)
     matrix = ConfusionMatrix(2)
     for sample in samples:
+        truth = read_class_mask(sample.mask)
         written = np.asarray(Image.open(tmp_path / "pred" / f"{sample.id}.png"))
-        matrix.update(read_class_mask(sample.mask), (written == 255).astype(np.uint8))
+        assert written.shape == truth.shape
+        matrix.update(truth, (written == 255).astype(np.uint8))
     rescored = matrix.compute().as_dict(["background", "lesion"])
-    assert rescored.pop("absent_classes") == evaluated.info["absent_classes"] == []
+    absent = rescored.pop("absent_classes")
+    assert absent == evaluated.info["absent_classes"]
     assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
     assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
+    return absent
+
+
+def val_samples(processed: Path, tmp_path: Path):
+    splits = tmp_path / "splits"
+    splits.mkdir()
+    (splits / "val.txt").write_text("img001\nimg003\nimg004\n")
+    return validation_samples(processed, splits)
+
+
+def test_predicted_masks_score_exactly_what_evaluate_reports(tmp_path, processed):
+    # The same Predictor, batching and argmax behind both commands: predict's masks on the
+    # validation images, scored here, must give eval.json's numbers to the last digit.
+    samples = val_samples(processed, tmp_path)
+    checkpoint = balance(tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=32), [s.image for s in samples])
+    assert assert_predict_masks_score_what_evaluate_reports(checkpoint, samples, tmp_path) == []
 
 
 PATCHES = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.75}
@@ -73,31 +86,11 @@ PATCHES = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.75}
 def test_tiled_evaluation_of_a_patch_model_scores_exactly_its_predict_masks(tmp_path):
     # As above, for a model trained on 16 px patches at 0.75: evaluate and predict (no --tile)
     # both cut 21 px windows and blend them, so the masks score eval.json's numbers exactly.
-    processed = make_processed(tmp_path / "processed", count=5, size=(40, 56))
-    splits = tmp_path / "splits"
-    splits.mkdir()
-    (splits / "val.txt").write_text("img001\nimg003\nimg004\n")
-    samples = validation_samples(processed, splits)
+    samples = val_samples(make_processed(tmp_path / "processed", count=5, size=(40, 56)), tmp_path)
     checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=16, train=PATCHES)
     checkpoint = balance(checkpoint, [s.image for s in samples])
     assert Predictor(checkpoint).tiling.tile == 21
-    out = EvalOutputs(
-        tmp_path / "eval.json", tmp_path / "info.json", tmp_path / "pc.csv", tmp_path / "pi.csv", tmp_path / "iou.csv",
-        tmp_path / "plots",
-    )
-    evaluated = evaluate(checkpoint, samples, out, EvaluateSection(batch_size=2, gallery_size=0), progress=False)
-
-    report = predict_paths(checkpoint, [str(s.image) for s in samples], tmp_path / "pred", PredictOptions(batch_size=2), progress=False)
-    assert report.ok and len(report.written) == 3
-    matrix = ConfusionMatrix(2)
-    for sample in samples:
-        written = np.asarray(Image.open(tmp_path / "pred" / f"{sample.id}.png"))
-        assert written.shape == (40, 56)
-        matrix.update(read_class_mask(sample.mask), (written == 255).astype(np.uint8))
-    rescored = matrix.compute().as_dict(["background", "lesion"])
-    assert rescored.pop("absent_classes") == evaluated.info["absent_classes"]
-    assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
-    assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
+    assert_predict_masks_score_what_evaluate_reports(checkpoint, samples, tmp_path)
 
 
 def test_predict_tile_overrides_a_patch_models_own_windows(tmp_path):
