@@ -51,7 +51,7 @@ def main(
     typer.echo(f"train: best val mIoU {best_miou:.4f} at epoch {best_epoch} -> {report.best_checkpoint}")
     version = publish_model(models_dir, config.base.experiment)
     if version:
-        typer.echo(f"train: registered as MLflow model {config.base.experiment} version {version}")
+        typer.echo(f"train: registered as MLflow model {config.base.experiment!r} version {version}")
     if report.run_id is None:
         return
     typer.echo(f"train: MLflow run {report.run_id} in experiment {config.base.experiment!r}")
