@@ -91,17 +91,30 @@ class Letterbox:
             An array (size_h, size_w[, C]) of the image's dtype.
         """
         self._check_source(image, "image")
-        shrinking = self.new_h < self.src_h or self.new_w < self.src_w
-        resized = self._resize(image, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return self._pad(resized, pad_value)
+        return self._pad(resize_image(image, (self.new_h, self.new_w)), pad_value)
+
+    def apply_reduced(self, image: np.ndarray, pad_value: tuple[int, ...] = MEAN_PAD_VALUE) -> np.ndarray:
+        """`apply_image` for the source decoded at reduced scale (`imageio.read_image_for`).
+
+        Args:
+            image: the source's pixels at (src_h, src_w), or reduced to any size from
+                (new_h, new_w) up to that.
+        """
+        h, w = image.shape[:2]
+        reduced = self.new_h <= h <= self.src_h and self.new_w <= w <= self.src_w
+        if (h, w) != (self.src_h, self.src_w) and not reduced:
+            raise SegpipeError(
+                f"a reduced decode of {h}x{w} cannot stand for a {self.src_h}x{self.src_w} source "
+                f"letterboxed to {self.new_h}x{self.new_w}; decode it with read_image_for(fit=...)"
+            )
+        return self._pad(resize_image(image, (self.new_h, self.new_w)), pad_value)
 
     def apply_mask(self, mask: np.ndarray) -> np.ndarray:
         """Resize (nearest, so no new labels appear) and pad an (src_h, src_w) mask with IGNORE_INDEX."""
         if mask.ndim != 2:
             raise SegpipeError(f"a mask must be 2-D (H, W) class indices, got shape {mask.shape}")
         self._check_source(mask, "mask")
-        # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST is shifted by half a pixel.
-        return self._pad(self._resize(mask, cv2.INTER_NEAREST_EXACT), IGNORE_INDEX)
+        return self._pad(resize_mask(mask, (self.new_h, self.new_w)), IGNORE_INDEX)
 
     def crop(self, array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Remove the padding from a (..., size_h, size_w) array or tensor -> (..., new_h, new_w)."""
@@ -140,13 +153,6 @@ class Letterbox:
                 f"source size {self.src_h}x{self.src_w}; fit a Letterbox to this {what}"
             )
 
-    def _resize(self, array: np.ndarray, interpolation: int) -> np.ndarray:
-        if (self.new_h, self.new_w) == (self.src_h, self.src_w):
-            return array
-        resized = cv2.resize(array, (self.new_w, self.new_h), interpolation=interpolation)
-        # cv2 drops a trailing channel axis of length 1; keep the caller's layout.
-        return resized.reshape((self.new_h, self.new_w, *array.shape[2:]))
-
     def _pad(self, array: np.ndarray, pad_value: int | tuple[int, ...]) -> np.ndarray:
         canvas = np.empty((self.size_h, self.size_w, *array.shape[2:]), dtype=array.dtype)
         canvas[...] = pad_value
@@ -172,13 +178,50 @@ def letterbox_pair(
     return box.apply_image(image), box.apply_mask(mask), box
 
 
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w[, C]) image to size_hw: area averaging when shrinking, else bilinear."""
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size_hw):
+        return image
+    shrinking = size_hw[0] < h or size_hw[1] < w
+    return _resize(image, size_hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w) class mask to size_hw by nearest neighbour, so no new labels appear."""
+    if mask.shape[:2] == tuple(size_hw):
+        return mask
+    # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST is shifted by half a pixel.
+    return _resize(mask, size_hw, cv2.INTER_NEAREST_EXACT)
+
+
+def _resize(array: np.ndarray, size_hw: tuple[int, int], interpolation: int) -> np.ndarray:
+    resized = cv2.resize(array, (size_hw[1], size_hw[0]), interpolation=interpolation)
+    # cv2 drops a trailing channel axis of length 1; keep the caller's layout.
+    return resized.reshape((*size_hw, *array.shape[2:]))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Normalise RGB images (B, 3, H, W) on the 0-255 scale (uint8, or float after augmentation)
+    by ImageNet mean/std into a new float32 tensor on their device.
+
+    The memory format is kept: a channels-last batch gives a channels-last result.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (torch.uint8, torch.float32):
+        raise SegpipeError(
+            f"normalize expects uint8 or float32 RGB images (B, 3, H, W) on the 0-255 scale, "
+            f"got {images.dtype} of shape {tuple(images.shape)}"
+        )
+    # (x / 255 - mean) / std as one multiply and one subtract
+    scale = torch.tensor([1 / (255 * s) for s in IMAGENET_STD], device=images.device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=images.device).view(1, 3, 1, 1)
+    return images.float().mul(scale).sub_(shift)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """Turn an (H, W, 3) uint8 RGB image into a (3, H, W) float32 tensor normalised by ImageNet mean/std."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise SegpipeError(
             f"to_tensor expects an (H, W, 3) uint8 RGB image, got {image.dtype} of shape {image.shape}"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    return normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].contiguous()
