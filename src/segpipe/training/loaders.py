@@ -1,0 +1,147 @@
+"""The training loop's data path: datasets read from the decoded cache, loaders whose worker
+processes live for the whole run, and the step that makes each uint8 batch model input on the device.
+
+Every epoch's sample order comes from (seed, epoch) alone (`epoch_order`), split across ranks,
+and is handed to the loader's batch sampler, so a loader (and its workers) is built once per
+batch size, not once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from segpipe.config import Params
+from segpipe.data.batches import DeviceBatches, OnlineAugment, default_online_transforms
+from segpipe.data.cache import DecodedCache, available_cores
+from segpipe.data.dataset import SegmentationDataset
+from segpipe.layout import Sample
+from segpipe.runtime import Distributed, Runtime, worker_init
+
+log = logging.getLogger(__name__)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch, fixed by (seed, epoch) alone."""
+    return random.Random(f"{seed}:{epoch}").sample(range(count), count)
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Batches of dataset indices for one epoch at a time: this rank's share of `epoch_order`.
+
+    Args:
+        count: the dataset's length.
+        seed: the run's seed.
+        dist: this process's place in the process group.
+        batch_size: indices per batch.
+        drop_last: leave out a last, smaller batch (so a compiled model sees one shape), as long
+            as at least one full batch remains.
+    """
+
+    def __init__(self, count: int, seed: int, dist: Distributed, batch_size: int, *, drop_last: bool = False) -> None:
+        self.count, self.seed, self.dist = count, seed, dist
+        self.batch_size, self.drop_last = batch_size, drop_last
+        self.order: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = self.dist.shard(epoch_order(self.count, self.seed, epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for start in range(0, len(self), self.batch_size):
+            yield self.order[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        if self.drop_last and len(self.order) >= self.batch_size:
+            return len(self.order) - len(self.order) % self.batch_size
+        return len(self.order)
+
+
+def make_loader(dataset: Dataset, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
+    """A loader of `batches`; its workers (if any) stay alive across epochs; pinned memory on CUDA."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+class DeviceLoader:
+    """A loader's batches as device-ready (images, masks) (see `segpipe.data.batches`)."""
+
+    def __init__(self, loader: DataLoader, to_device: DeviceBatches, epoch: int | None = None) -> None:
+        self.loader, self.to_device, self.epoch = loader, to_device, epoch
+
+    @property
+    def batch_size(self) -> int:
+        return self.loader.batch_sampler.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.loader:
+            yield self.to_device(batch, self.epoch)
+
+
+class TrainData:
+    """The training and validation data of one run: datasets (from the decoded cache when
+    `train.cache` is on, built before the first epoch), loaders and the device step.
+
+    Args:
+        params: the run's settings (train.*, base.seed).
+        train_samples, val_samples: what to train on and validate with.
+        runtime: device and process group.
+        channels_last: give the model channels-last batches.
+        progress: show a progress bar while the cache is built.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        train_samples: Sequence[Sample],
+        val_samples: Sequence[Sample],
+        runtime: Runtime,
+        *,
+        channels_last: bool,
+        progress: bool = False,
+    ) -> None:
+        cfg = self.cfg = params.train
+        self.seed, self.runtime = params.base.seed, runtime
+        cache = DecodedCache.default() if cfg.cache else None
+        self.train_set = SegmentationDataset(train_samples, cfg.image_size, cache)
+        self.val_set = SegmentationDataset(val_samples, cfg.image_size, cache)
+        if cache is not None:
+            self._warm(cache, progress)
+        augment = OnlineAugment(default_online_transforms(), self.seed, len(self.train_set)) if cfg.online_augment else None
+        self.to_device = DeviceBatches(runtime.device, channels_last=channels_last, augment=augment)
+        val_batches = BatchSampler(runtime.dist.rank_indices(len(self.val_set)), cfg.batch_size, drop_last=False)
+        self.val_loader = DeviceLoader(make_loader(self.val_set, val_batches, cfg.workers, runtime.device), self.to_device)
+        self._train_loader: DataLoader | None = None
+
+    def train_loader(self, epoch: int, batch_size: int) -> DeviceLoader:
+        """The epoch's training batches, augmented per (seed, epoch, index) when online_augment is on."""
+        loader = self._train_loader
+        if loader is None or loader.batch_sampler.batch_size != batch_size:
+            batches = EpochBatches(len(self.train_set), self.seed, self.runtime.dist, batch_size, drop_last=self.cfg.compile)
+            loader = self._train_loader = make_loader(self.train_set, batches, self.cfg.workers, self.runtime.device)
+        loader.batch_sampler.set_epoch(epoch)
+        return DeviceLoader(loader, self.to_device, epoch)
+
+    def _warm(self, cache: DecodedCache, progress: bool) -> None:
+        started = time.perf_counter()
+        dist = self.runtime.dist
+        built = 0
+        for dataset in (self.train_set, self.val_set):
+            # Each rank builds its share; any entry still missing later is built by whoever reads it.
+            share = SegmentationDataset(dataset.samples[dist.rank :: dist.world_size], self.cfg.image_size, cache)
+            built += share.warm_cache(workers=available_cores(), progress=progress and dist.is_main)
+        dist.all_sum(torch.zeros(1))  # wait for every rank's share
+        log.info(
+            "decoded cache %s: %d of %d entries built in %.1f s", cache.root, built,
+            len(self.train_set) + len(self.val_set), time.perf_counter() - started,
+        )
