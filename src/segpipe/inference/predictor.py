@@ -7,7 +7,9 @@ therefore score exactly the numbers `evaluate` reports.
     image (H, W, 3) --Letterbox.fit/apply_image--> canvas (S, S) --to_tensor--> model --softmax-->
     (C, S, S) --Letterbox.restore--> (C, H, W)
 
-S is the checkpoint's `image_size`. Large images go through `segpipe.inference.tiling` with
+S is the checkpoint's `image_size`. A photo much larger than S may be decoded at reduced scale
+(`imageio.read_image_for(path, fit=predictor.canvas)`) and passed with its full size: it is
+resized onto the same canvas and the probabilities still come back at the full (H, W). Large images go through `segpipe.inference.tiling` with
 `Predictor.predict_batch` as the function that predicts each window.
 """
 
@@ -61,12 +63,33 @@ class Predictor:
         """Softmax probabilities (C, H, W) float32 on the CPU for one (H, W, 3) uint8 RGB image."""
         return self.predict_batch([image], tta=tta)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray], *, tta: bool = False) -> list[torch.Tensor]:
-        """`predict_probs` for several images in one forward pass; each keeps its own size."""
+    @property
+    def canvas(self) -> tuple[int, int]:
+        """The (h, w) canvas images are letterboxed into; `read_image_for(path, fit=predictor.canvas)`
+        decodes a large photo no larger than that needs."""
+        return (self.image_size, self.image_size)
+
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        tta: bool = False,
+        full_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """`predict_probs` for several images in one forward pass; each keeps its own size.
+
+        Args:
+            images: (h, w, 3) uint8 RGB images.
+            tta: average over the 8 rotations and flips.
+            full_sizes: for images decoded at reduced scale (`read_image_for`), the (H, W) of
+                each full image: the probabilities come back at that size, as if the full image
+                had been predicted.
+        """
         if not images:
             return []
-        boxes = [Letterbox.fit(image.shape[:2], (self.image_size, self.image_size)) for image in images]
-        batch = torch.stack([to_tensor(box.apply_image(image)) for box, image in zip(boxes, images)])
+        sizes = full_sizes or [image.shape[:2] for image in images]
+        boxes = [Letterbox.fit(size, self.canvas) for size in sizes]
+        batch = torch.stack([to_tensor(box.apply_reduced(image)) for box, image in zip(boxes, images)])
         probs = self.canvas_probs(batch, tta=tta)  # (B, C, S, S)
         return [box.restore(p) for box, p in zip(boxes, probs)]
 
