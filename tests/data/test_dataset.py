@@ -65,3 +65,13 @@ def test_items_are_uint8_images_and_masks_letterboxed_with_ignored_padding_and_t
     assert set(content.unique().tolist()) == {0, 1}
     assert content[6:12, 8:16].eq(1).all()  # make_processed's class-1 square: rows 6-11, columns 8-15
     assert (tmp_path / "cache").exists() == cached
+
+
+def test_a_batch_read_at_once_is_the_items_stacked(tmp_path: Path):
+    processed = make_processed(tmp_path / "processed", count=3, size=(24, 32))
+    dataset = SegmentationDataset(samples_in(processed, ["img000", "img001", "img002"]), 32, DecodedCache(tmp_path / "cache"))
+    images, masks, indices = dataset.__getitems__([2, 0])
+    assert images.shape == (2, 32, 32, 3) and masks.shape == (2, 32, 32) and indices.tolist() == [2, 0]
+    for row, index in enumerate([2, 0]):
+        image, mask, _ = dataset[index]
+        assert torch.equal(images[row], image) and torch.equal(masks[row], mask)

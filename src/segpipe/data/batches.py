@@ -32,10 +32,14 @@ class RandomFlip:
     draws = 1
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W), masks (B, H, W), u (B, 1) uniform in [0, 1)."""
-        flip = u[:, 0] < self.p
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(self.dim), images)
-        masks = torch.where(flip.view(-1, 1, 1), masks.flip(self.dim), masks)
+        """images (B, 3, H, W), masks (B, H, W), u (B, 1) uniform in [0, 1) on the CPU; only the
+        chosen samples are copied, flipped, into new tensors."""
+        rows = (u[:, 0] < self.p).nonzero().flatten().tolist()
+        if not rows:
+            return images, masks
+        images, masks = images.clone(), masks.clone()
+        images[rows] = images[rows].flip(self.dim)
+        masks[rows] = masks[rows].flip(self.dim)
         return images, masks
 
 
@@ -50,11 +54,14 @@ class RandomBrightnessContrast:
     draws = 3
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) float on the 0-255 scale, u (B, 3) uniform in [0, 1)."""
+        """images (B, 3, H, W) float on the 0-255 scale, u (B, 3) uniform in [0, 1) on the CPU."""
         on = u[:, 0] < self.p
+        if not on.any():
+            return images, masks
         alpha = torch.where(on, 1 + self.contrast_limit * (2 * u[:, 1] - 1), 1.0)
         beta = torch.where(on, 255 * self.brightness_limit * (2 * u[:, 2] - 1), 0.0)
-        return (images * alpha.view(-1, 1, 1, 1) + beta.view(-1, 1, 1, 1)).clamp_(0, 255), masks
+        alpha, beta = (v.to(images.device, non_blocking=True).view(-1, 1, 1, 1) for v in (alpha, beta))
+        return torch.addcmul(beta, images, alpha).clamp_(0, 255), masks
 
 
 def default_online_transforms() -> list[RandomFlip | RandomBrightnessContrast]:
@@ -91,7 +98,7 @@ class OnlineAugment:
         self, images: torch.Tensor, masks: torch.Tensor, indices: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment images (B, 3, H, W) float 0-255 and masks (B, H, W) of dataset `indices` (B,)."""
-        u = self.draws(epoch)[indices.cpu()].to(images.device, non_blocking=True)
+        u = self.draws(epoch)[indices.cpu()]  # decisions are made on the CPU, pixels change on the device
         column = 0
         for transform in self.transforms:
             images, masks = transform(images, masks, u[:, column : column + transform.draws])

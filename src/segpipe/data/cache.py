@@ -233,8 +233,8 @@ def _read_entry(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray] | 
     """(image (h, w, 3), mask (h, w)) of an entry file, or None when it is missing or damaged."""
     try:
         with open(path, "rb") as handle:
-            data = bytearray(os.fstat(handle.fileno()).st_size)
-            read = handle.readinto(data)
+            data = np.empty(os.fstat(handle.fileno()).st_size, np.uint8)  # not zero-filled, unlike bytearray
+            read = handle.readinto(memoryview(data))
     except FileNotFoundError:
         return None
     if read != len(data) or len(data) < _HEADER.size:
@@ -243,8 +243,7 @@ def _read_entry(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray] | 
     pixels = height * width
     if magic != _MAGIC or not pixels or len(data) != _HEADER.size + 4 * pixels:
         return None
-    payload = memoryview(data)[_HEADER.size :]
-    if verify and zlib.crc32(payload) != checksum:
+    flat = data[_HEADER.size :]
+    if verify and zlib.crc32(flat) != checksum:
         return None
-    flat = np.frombuffer(data, np.uint8, offset=_HEADER.size)  # writable: backed by the bytearray
     return flat[: 3 * pixels].reshape(height, width, 3), flat[3 * pixels :].reshape(height, width)

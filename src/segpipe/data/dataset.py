@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -35,12 +36,24 @@ class SegmentationDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = self._item(index)
+        return torch.from_numpy(image), torch.from_numpy(mask), index
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch, as the DataLoader asks for it: images (B, S, S, 3) and masks (B, S, S)
+        uint8, indices (B,). Each item is copied once, straight into the batch (no collation)."""
+        side = self.shaping.size
+        images = np.empty((len(indices), side, side, 3), np.uint8)
+        masks = np.empty((len(indices), side, side), np.uint8)
+        for row, index in enumerate(indices):
+            images[row], masks[row] = self._item(index)
+        return torch.from_numpy(images), torch.from_numpy(masks), torch.tensor(list(indices))
+
+    def _item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
         if self.cache is None:
-            image, mask = self.shaping.build(sample)
-        else:
-            image, mask = self.cache.get(sample, self.shaping)
-        return torch.from_numpy(image), torch.from_numpy(mask), index
+            return self.shaping.build(sample)
+        return self.cache.get(sample, self.shaping)
 
     def warm_cache(self, *, workers: int = 0, progress: bool = False) -> int:
         """Build the cache entries this dataset will read (none without a cache); returns how many were built."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from segpipe.config import Params
 from segpipe.data.batches import DeviceBatches, OnlineAugment, default_online_transforms
@@ -61,11 +61,17 @@ class EpochBatches(Sampler[list[int]]):
         return len(self.order)
 
 
-def make_loader(dataset: Dataset, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
+def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The loader's collate function: `SegmentationDataset.__getitems__` already returns whole batches."""
+    return batch
+
+
+def make_loader(dataset: SegmentationDataset, batches: Sampler[list[int]], workers: int, device: torch.device) -> DataLoader:
     """A loader of `batches`; its workers (if any) stay alive across epochs; pinned memory on CUDA."""
     return DataLoader(
         dataset,
         batch_sampler=batches,
+        collate_fn=keep_batch,
         num_workers=workers,
         worker_init_fn=worker_init,
         pin_memory=device.type == "cuda",
