@@ -123,5 +123,13 @@ class Predictor:
 
 
 def class_map(probs: torch.Tensor) -> np.ndarray:
-    """The most probable class per pixel of (C, H, W) probabilities, as (H, W) uint8."""
-    return probs.argmax(0).to(torch.uint8).numpy()
+    """The most probable class per pixel of (C, H, W) probabilities, as (H, W) uint8; a tie goes
+    to the lower class, as with argmax."""
+    # torch's argmax over the outer dimension of a large (C, H, W) tensor is a strided reduction
+    # that takes ~0.8 s for a 3000 x 2250 photo; C passes of elementwise maxima take ~0.08 s.
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8)
+    best = probs[0].clone()
+    for index in range(1, probs.shape[0]):
+        labels.masked_fill_(probs[index] > best, index)
+        torch.maximum(best, probs[index], out=best)
+    return labels.numpy()
