@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segpipe.data.cache import CACHE_ENV
 from segpipe.layout import Sample
 from tests.helpers import make_processed, tiny_samples, use_tmp_mlflow
 
@@ -25,6 +26,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def decoded_cache_outside_the_repo(tmp_path_factory: pytest.TempPathFactory):
+    """Module-scoped fixtures that train run before any per-test fixture: they use a session cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("session-decoded-cache")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def decoded_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Training's decoded cache (by default at the project root) in a fresh folder per test."""
+    root = tmp_path_factory.mktemp("decoded-cache")
+    monkeypatch.setenv(CACHE_ENV, str(root))
+    return root
 
 
 @pytest.fixture

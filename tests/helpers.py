@@ -224,3 +224,33 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def make_photo(root: Path, image_id: str, size: tuple[int, int], seed: int = 0, quality: int = 92) -> Sample:
+    """A photo-like JPEG `images/<id>.jpg` (smooth skin tones, a dark elliptical lesion with a soft
+    edge, mild noise) and its mask `masks/<id>.png` (1 inside the ellipse), in a dataset folder."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = h * rng.uniform(0.4, 0.6), w * rng.uniform(0.4, 0.6)
+    radius = ((yy - cy) / (0.25 * h)) ** 2 + ((xx - cx) / (0.2 * w)) ** 2  # < 1 inside the lesion
+    skin = np.stack([200 + 20 * np.sin(xx / w * 3), 160 + 15 * np.cos(yy / h * 4), 140 + 0 * xx], axis=-1)
+    darkness = np.clip(1.2 - radius, 0, 1)[..., None]  # a soft edge around radius 1
+    pixels = skin * (1 - 0.6 * darkness) + rng.normal(0, 4, (h, w, 3))
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    image_path, mask_path = root / "images" / f"{image_id}.jpg", root / "masks" / f"{image_id}.png"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(image_path, quality=quality)
+    write_mask(mask_path, (radius < 1).astype(np.uint8))
+    return Sample(image_id, image_path, mask_path)
+
+
+class CountingCalls:
+    """Wraps a function and counts its calls (e.g. how often the cache decodes an image)."""
+
+    def __init__(self, fn) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)

@@ -135,6 +135,9 @@ class TrainSection(Section):
     online_augment: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     workers: int = Field(default=0, ge=0)  # DataLoader processes
+    cache: bool = True  # decode each image once into the decoded cache (segpipe.data.cache)
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on (measured faster on CUDA and the CPU)
+    compile: bool = False  # torch.compile the training network (fixed shapes: drops a last partial batch)
     eval_period: int = Field(default=1, ge=1)
     save_period: int = Field(default=5, ge=0)  # extra checkpoint every N epochs; 0 = only best/last
     resume: bool = False

@@ -1,7 +1,8 @@
 """Reading images and writing masks and output folders safely.
 
 Every stage reads pictures through `read_image` (EXIF orientation applied, truncated files and
-decompression bombs refused with the file's name) and publishes its output folder through
+decompression bombs refused with the file's name), or `read_image_for` when the picture is about
+to be shrunk (large JPEGs then decode at reduced scale), and publishes its output folder through
 `atomic_dir`, so a failed run leaves the previous output untouched. `check_apart` refuses an output
 folder that is, holds or lies inside an input before anything is written, and the temporary files
 of a killed run (named after its process id) are cleared by the next one (`remove_stale_temps`).
@@ -12,16 +13,18 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
+import math
 import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from segpipe.errors import SegpipeError, sigterm_unwinds
 from segpipe.palette import mask_image
@@ -36,14 +39,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = 178_956_970
 
 
-def _open_checked(source: Path | bytes, name: str) -> Image.Image:
-    """Open and fully decode an image, turning every way it can be broken into a SegpipeError."""
+@contextlib.contextmanager
+def _decoding(name: str) -> Iterator[None]:
+    """Turn every way an image can be broken into a SegpipeError naming it."""
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-            image.load()  # decode now: a truncated JPEG only fails here
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise SegpipeError(f"{name}: refused as a possible decompression bomb ({exc})") from exc
     except FileNotFoundError as exc:
@@ -53,6 +56,13 @@ def _open_checked(source: Path | bytes, name: str) -> Image.Image:
         raise SegpipeError(f"{name}: not an image (no format Pillow reads); send a JPEG, PNG, BMP or TIFF file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SegpipeError(f"{name}: cannot read image ({exc}); is the file truncated or not an image?") from exc
+
+
+def _open_checked(source: Path | bytes, name: str) -> Image.Image:
+    """Open and fully decode an image; errors name it."""
+    with _decoding(name):
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image.load()  # decode now: a truncated JPEG only fails here
     return image
 
 
@@ -66,6 +76,43 @@ def read_image(source: Path | bytes, name: str | None = None) -> np.ndarray:
     name = name or str(source)
     image = ImageOps.exif_transpose(_open_checked(source, name))
     return np.asarray(image.convert("RGB"))
+
+
+# EXIF orientations that turn the picture by 90 degrees (stored width is the shown height).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def read_image_for(
+    source: Path, *, fit: tuple[int, int] | None = None, scale: float | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image that is about to be shrunk, decoding no more detail than the result can show.
+
+    A JPEG at least twice as large as the target on every side is decoded at 1/2, 1/4 or 1/8
+    scale (Pillow's draft mode: the DCT is scaled, so most of the decoding work is skipped), and
+    every side stays at least as large as the target's; the caller then resizes exactly. Other
+    formats, and JPEGs close to the target size, are decoded whole, exactly as `read_image`.
+
+    Args:
+        source: an image file.
+        fit: the (h, w) canvas the image will be letterboxed into (scaled to fit inside it), or
+        scale: the factor its sides will be resized by.
+    Returns:
+        (pixels, (H, W)): the (h, w, 3) uint8 RGB pixels, EXIF orientation applied, and the
+        size of the full image, which is what any result must be mapped back to.
+    """
+    if (fit is None) == (scale is None):
+        raise SegpipeError("read_image_for needs exactly one of fit or scale")
+    with _decoding(str(source)):
+        image = Image.open(source)
+        turned = image.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS
+        stored_w, stored_h = image.size
+        full_hw = (stored_w, stored_h) if turned else (stored_h, stored_w)
+        factor = scale if scale is not None else min(fit[0] / full_hw[0], fit[1] / full_hw[1])
+        if factor <= 0.5:  # draft mode reduces by 2 at least; closer targets decode whole
+            needed_h, needed_w = (max(1, math.ceil(side * factor)) for side in full_hw)
+            image.draft("RGB", (needed_h, needed_w) if turned else (needed_w, needed_h))
+        image.load()
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), full_hw
 
 
 def read_mask(path: Path) -> Image.Image:
@@ -240,7 +287,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # pid and thread: two processes or threads writing one path never share a temporary file.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         write(tmp)
         os.replace(tmp, path)

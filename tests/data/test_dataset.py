@@ -9,7 +9,10 @@ import torch
 
 from segpipe.prep.augment import augment_dataset
 from segpipe.config import AugmentSection, SplitSection
+from segpipe.data.cache import DecodedCache
 from segpipe.data.dataset import SegmentationDataset
+from segpipe.data.letterbox import MEAN_PAD_VALUE
+from segpipe.imageio import read_image
 from segpipe.layout import read_list, samples_in, training_samples, validation_samples
 from segpipe.prep.split import write_split
 from tests.helpers import make_processed
@@ -43,40 +46,32 @@ def test_training_samples_are_the_train_ids_and_their_augmented_copies_never_val
     assert [s.id for s in validation_samples(processed, splits)] == val
 
 
-def test_items_are_normalised_images_and_long_masks_letterboxed_with_ignored_padding(tmp_path: Path):
-    processed = make_processed(tmp_path / "processed", count=1, size=(24, 32))
-    dataset = SegmentationDataset(samples_in(processed, ["img000"]), image_size=32)
-    image, mask = dataset[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert mask.shape == (32, 32) and mask.dtype == torch.int64
+@pytest.mark.parametrize("cached", [True, False], ids=["from the cache", "decoded each time"])
+def test_items_are_uint8_images_and_masks_letterboxed_with_ignored_padding_and_their_index(tmp_path: Path, cached):
+    processed = make_processed(tmp_path / "processed", count=2, size=(24, 32))
+    cache = DecodedCache(tmp_path / "cache") if cached else None
+    dataset = SegmentationDataset(samples_in(processed, ["img000", "img001"]), image_size=32, cache=cache)
+    image, mask, index = dataset[1]
+    assert index == 1
+    assert image.shape == (32, 32, 3) and image.dtype == torch.uint8
+    assert mask.shape == (32, 32) and mask.dtype == torch.uint8
     # A 24x32 image fills a 32x32 canvas at scale 1 with 8 rows of padding, 4 above and 4 below.
     padding_rows = (mask == 255).all(dim=1)
     assert padding_rows.tolist() == [True] * 4 + [False] * 24 + [True] * 4
+    assert image[0].eq(torch.tensor(MEAN_PAD_VALUE, dtype=torch.uint8)).all()
+    source = torch.from_numpy(read_image(processed / "images" / "img001.png"))
+    assert torch.equal(image[4:28], source)  # scale 1: the pixels themselves
     content = mask[4:28]
     assert set(content.unique().tolist()) == {0, 1}
     assert content[6:12, 8:16].eq(1).all()  # make_processed's class-1 square: rows 6-11, columns 8-15
-    assert image.abs().max() < 3  # ImageNet-normalised, not 0-255
+    assert (tmp_path / "cache").exists() == cached
 
 
-def test_online_augmentation_is_fixed_by_seed_epoch_and_sample_and_changes_across_epochs(tmp_path: Path):
-    processed = make_processed(tmp_path / "processed", count=6, size=(32, 32))
-    samples = samples_in(processed, [f"img{i:03d}" for i in range(6)])
-
-    def items(seed: int, epoch: int, order=range(6)) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        dataset = SegmentationDataset(samples, 32, online_augment=True, seed=seed)
-        dataset.set_epoch(epoch)
-        return {i: dataset[i] for i in order}
-
-    def same(a: dict, b: dict) -> list[bool]:
-        return [torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1]) for i in range(6)]
-
-    epoch_3 = items(seed=1, epoch=3)
-    assert all(same(epoch_3, items(seed=1, epoch=3, order=reversed(range(6)))))
-    assert not all(same(epoch_3, items(seed=1, epoch=4)))
-    assert not all(same(epoch_3, items(seed=2, epoch=3)))
-    plain = {i: SegmentationDataset(samples, 32)[i] for i in range(6)}
-    assert not all(same(epoch_3, plain))
-    for i, (image, mask) in epoch_3.items():  # flips move image and mask together
-        original = plain[i][1]
-        flips = [original, original.flip(0), original.flip(1), original.flip(0).flip(1)]
-        assert any(torch.equal(mask, flipped) for flipped in flips)
+def test_a_batch_read_at_once_is_the_items_stacked(tmp_path: Path):
+    processed = make_processed(tmp_path / "processed", count=3, size=(24, 32))
+    dataset = SegmentationDataset(samples_in(processed, ["img000", "img001", "img002"]), 32, DecodedCache(tmp_path / "cache"))
+    images, masks, indices = dataset.__getitems__([2, 0])
+    assert images.shape == (2, 32, 32, 3) and masks.shape == (2, 32, 32) and indices.tolist() == [2, 0]
+    for row, index in enumerate([2, 0]):
+        image, mask, _ = dataset[index]
+        assert torch.equal(images[row], image) and torch.equal(masks[row], mask)

@@ -189,13 +189,3 @@ def test_fit_with_max_scale_pads_instead_of_enlarging():
     assert box == Letterbox(src_h=4, src_w=6, scale=2.0, new_h=8, new_w=12, top=4, left=2, size_h=16, size_w=16)
     # A cap above the fitting scale changes nothing.
     assert Letterbox.fit((20, 10), (16, 16), max_scale=1.0) == Letterbox.fit((20, 10), (16, 16))
-
-
-def test_scaled_resizes_without_padding():
-    box = Letterbox.scaled((10, 7), 0.5)
-    assert (box.new_h, box.new_w, box.size_h, box.size_w, box.top, box.left) == (5, 4, 5, 4, 0, 0)
-    mask = np.arange(70, dtype=np.uint8).reshape(10, 7)
-    assert box.apply_mask(mask).shape == (5, 4)
-    assert set(np.unique(box.apply_mask(mask))) <= set(np.unique(mask))
-    with pytest.raises(SegpipeError, match="by 0"):
-        Letterbox.scaled((10, 7), 0)

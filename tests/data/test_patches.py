@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from segpipe.data import patches
-from segpipe.data.letterbox import MEAN_PAD_VALUE, to_tensor
-from segpipe.data.patches import MemoryScaledCache, PatchDataset, class_points, crop_start, cut, scale_pair
-from segpipe.errors import SegpipeError
+from segpipe.data import cache as cache_module
+from segpipe.data.letterbox import MEAN_PAD_VALUE
+from segpipe.data.patches import MemoryScaledCache, PatchDataset, class_points, crop_start, cut
 from segpipe.imageio import IGNORE_INDEX, write_mask
 from segpipe.layout import Sample
 from tests.helpers import random_image, tiny_params
@@ -63,35 +61,34 @@ def test_a_patch_of_a_native_image_is_a_window_of_it(tmp_path: Path):
     dataset = PatchDataset([sample], patch_config(patch_class_balance=0.0), seed=1, load=MemoryScaledCache())
     assert len(dataset) == 3
     for index in range(3):
-        patch, patch_mask = dataset[index]
-        assert patch.shape == (3, 16, 16) and patch_mask.shape == (16, 16) and patch_mask.dtype == torch.int64
+        patch, patch_mask, item = dataset[0, index]
+        assert patch.shape == (16, 16, 3) and patch_mask.shape == (16, 16) and item == index
+        assert patch.dtype == patch_mask.dtype == torch.uint8
         # Find where the crop came from by its mask, then check the image there too.
         matches = [
             (top, left) for top in range(25) for left in range(35)
             if np.array_equal(mask[top : top + 16, left : left + 16], patch_mask.numpy())
         ]
-        assert any(torch.equal(patch, to_tensor(image[t : t + 16, l : l + 16])) for t, l in matches)
+        assert any(np.array_equal(patch.numpy(), image[t : t + 16, l : l + 16]) for t, l in matches)
 
 
 def test_an_image_smaller_than_a_patch_is_padded_with_the_letterbox_colour_and_ignored_mask(tmp_path: Path):
     sample = write_sample(tmp_path, random_image(10, 12), np.ones((10, 12), np.uint8))
     dataset = PatchDataset([sample], patch_config(patch_scale=0.5), seed=0, load=MemoryScaledCache())
-    patch, mask = dataset[0]
+    patch, mask, _ = dataset[0, 0]
     assert (mask == 1).sum() == 5 * 6  # the image at half size, all of it inside the crop
     assert (mask == IGNORE_INDEX).sum() == 16 * 16 - 30
-    pad = to_tensor(np.full((1, 1, 3), MEAN_PAD_VALUE, np.uint8))[:, 0, 0]
     outside = (mask == IGNORE_INDEX).nonzero()[0]
-    assert torch.equal(patch[:, outside[0], outside[1]], pad)
+    assert patch[outside[0], outside[1]].tolist() == list(MEAN_PAD_VALUE)
 
 
 def test_draws_are_fixed_by_seed_epoch_and_index(tmp_path: Path):
     sample = write_sample(tmp_path, random_image(60, 60), (random_image(60, 60)[..., 0] % 3).astype(np.uint8))
-    config = patch_config(online_augment=True)
+    config = patch_config()
 
     def items(seed: int, epoch: int) -> list[torch.Tensor]:
         dataset = PatchDataset([sample], config, seed=seed, load=MemoryScaledCache())
-        dataset.set_epoch(epoch)
-        return [dataset[index][0] for index in (2, 0, 1)]  # any order: each item has its own draw
+        return [dataset[epoch, index][0] for index in (2, 0, 1)]  # any order: each item has its own draw
 
     first = items(3, 1)
     assert all(torch.equal(a, b) for a, b in zip(first, items(3, 1)))
@@ -106,7 +103,7 @@ def test_class_balance_centres_crops_on_rare_classes(tmp_path: Path):
 
     def rare_share(balance: float) -> float:
         dataset = PatchDataset([sample], patch_config(patches_per_image=200, patch_class_balance=balance), seed=0, load=MemoryScaledCache())
-        return float(np.mean([(dataset[i][1] == 2).any().item() for i in range(len(dataset))]))
+        return float(np.mean([(dataset[0, i][1] == 2).any().item() for i in range(len(dataset))]))
 
     assert rare_share(1.0) == 1.0
     assert rare_share(0.0) < 0.1  # uniform: 13 x 16 of the 85 x 85 crop positions reach it
@@ -116,19 +113,9 @@ def test_class_balance_centres_crops_on_rare_classes(tmp_path: Path):
 def test_each_image_is_decoded_once_however_many_patches_are_cut(tmp_path: Path, monkeypatch):
     samples = [write_sample(tmp_path, random_image(30, 30, i), np.ones((30, 30), np.uint8), f"s{i}") for i in range(2)]
     reads = []
-    real = patches.read_image
-    monkeypatch.setattr(patches, "read_image", lambda path: reads.append(path) or real(path))
+    real = cache_module.read_image_for
+    monkeypatch.setattr(cache_module, "read_image_for", lambda path, **how: reads.append(path) or real(path, **how))
     dataset = PatchDataset(samples, patch_config(patches_per_image=5), seed=0, load=MemoryScaledCache())
     for epoch in range(2):
-        dataset.set_epoch(epoch)
-        for index in range(len(dataset)):
-            dataset[index]
+        dataset.__getitems__([(epoch, index) for index in range(len(dataset))])
     assert sorted(reads) == sorted(s.image for s in samples)
-
-
-def test_scale_pair_resizes_the_mask_by_nearest_and_refuses_mismatched_sizes():
-    image, mask = scale_pair(random_image(20, 30), np.tile(np.arange(30, dtype=np.uint8) % 4, (20, 1)), 0.5)
-    assert image.shape == (10, 15, 3) and mask.shape == (10, 15)
-    assert set(np.unique(mask)) <= {0, 1, 2, 3}
-    with pytest.raises(SegpipeError, match="differ"):
-        scale_pair(random_image(20, 30), np.zeros((20, 31), np.uint8), 0.5)

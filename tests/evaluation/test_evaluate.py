@@ -17,10 +17,11 @@ from segpipe.models import checkpoint as checkpoint_module
 from segpipe.layout import Sample
 from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
+from segpipe.evaluation import evaluate as evaluate_module
 from segpipe.evaluation.evaluate import EvalOutputs, absent_report, evaluate
-from segpipe.imageio import write_mask
+from segpipe.imageio import read_image, write_mask
 from segpipe.tracking import PER_IMAGE_ARTIFACT, RUN_ID_FILE
-from tests.helpers import tiny_checkpoint
+from tests.helpers import CountingCalls, make_photo, tiny_checkpoint
 
 CLASSES = ["background", "lesion", "other"]
 
@@ -205,3 +206,36 @@ def test_matching_classes_pass(hand_case):
     checkpoint, samples, out = hand_case
     report = evaluate(checkpoint, samples, out, EvaluateSection(device="cpu"), classes=tuple(CLASSES), progress=False)
     assert report.info["images"] == 2
+
+
+class DarkIsLesion(nn.Module):
+    """Lesion where the pixel is darker than a fixed grey (the sum of its normalised channels below 1.7)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = 1.7 - x.sum(dim=1)
+        return torch.stack([torch.zeros_like(lesion), lesion], dim=1)
+
+
+def test_large_photos_decoded_at_reduced_scale_score_within_half_a_point_at_full_resolution(tmp_path, monkeypatch):
+    samples = [make_photo(tmp_path / "data", f"p{i}", (1200, 1600), seed=i) for i in range(3)]
+    checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=128)
+    monkeypatch.setattr(checkpoint_module, "model_from_checkpoint", lambda ckpt: DarkIsLesion())
+
+    def outputs(name: str) -> EvalOutputs:
+        folder = tmp_path / name
+        return EvalOutputs(folder / "eval.json", folder / "info.json", folder / "c.csv", folder / "i.csv", folder / "iou.csv", folder / "plots")
+
+    decodes = CountingCalls(evaluate_module.read_image_for)
+    monkeypatch.setattr(evaluate_module, "read_image_for", decodes)
+    reduced = evaluate(checkpoint, samples, outputs("reduced"), EvaluateSection(gallery_size=0), progress=False)
+    assert decodes.calls == 3
+    assert decodes.fn(samples[0].image, fit=(128, 128))[0].shape == (150, 200, 3)  # 1/8 of 1200 x 1600
+    monkeypatch.setattr(evaluate_module, "read_image_for", lambda path, fit: (read_image(path), (1200, 1600)))
+    full = evaluate(checkpoint, samples, outputs("full"), EvaluateSection(gallery_size=0), progress=False)
+    reduced, full = reduced.metrics, full.metrics
+    assert 0.5 < full["miou"] < 0.99  # the model gets much, not all, of each lesion: the edges decide
+    for key in ("miou", "iou_lesion", "dice_lesion", "accuracy"):
+        assert abs(reduced[key] - full[key]) < 0.005, key
+    # still scored at the masks' full resolution
+    pixels = [sum(int(row["gt_pixels"]) for row in read_csv(tmp_path / name / "c.csv")) for name in ("reduced", "full")]
+    assert pixels == [3 * 1200 * 1600] * 2

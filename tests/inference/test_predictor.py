@@ -5,15 +5,17 @@ from __future__ import annotations
 import functools
 
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from segpipe.errors import SegpipeError
-from segpipe.inference.predictor import Predictor
 from segpipe.data.tiling import Tiling, predict_tiled
+from segpipe.imageio import read_image, read_image_for
+from segpipe.inference.predictor import Predictor, class_map
 from segpipe.data.letterbox import Letterbox, to_tensor
-from tests.helpers import PixelwiseModel, random_image, tiny_checkpoint
+from tests.helpers import PixelwiseModel, make_photo, random_image, tiny_checkpoint
 
 CLASSES = ["background", "lesion"]
 
@@ -77,7 +79,6 @@ def test_tta_undoes_each_transform_before_averaging():
     assert probs[1, 0, 0] == pytest.approx(0.25, abs=1e-3)
 
 
-
 PATCHES = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5}
 
 
@@ -106,3 +107,23 @@ def test_a_letterbox_model_predicts_whole_images_in_one_pass(tmp_path):
     image = random_image(40, 64)
     assert predictor.tiling is None
     assert (predictor.class_maps([image])[0] == predictor.predict_probs(image).argmax(0).numpy()).all()
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_class_map_is_the_argmax_ties_going_to_the_lower_class(classes):
+    generator = torch.Generator().manual_seed(classes)
+    # values on a coarse grid so many pixels tie between classes
+    probs = torch.randint(0, 4, (classes, 40, 50), generator=generator).float()
+    assert (probs.max(0).values == probs.sort(0).values[-2]).any()  # some ties exist
+    np.testing.assert_array_equal(class_map(probs), probs.argmax(0).to(torch.uint8).numpy())
+
+
+def test_a_reduced_decode_with_its_full_size_predicts_at_the_full_size_like_the_full_image(tmp_path):
+    sample = make_photo(tmp_path, "p", (600, 800))
+    predictor = Predictor.from_model(PixelwiseModel(classes=2), ["a", "b"], image_size=64)
+    reduced, full_hw = read_image_for(sample.image, fit=predictor.canvas)
+    assert reduced.shape[:2] == (75, 100)
+    from_reduced = predictor.predict_batch([reduced], full_sizes=[full_hw])[0]
+    from_full = predictor.predict_batch([read_image(sample.image)])[0]
+    assert from_reduced.shape == from_full.shape == (2, 600, 800)
+    assert (from_reduced - from_full).abs().mean() < 0.002

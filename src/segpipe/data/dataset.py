@@ -1,60 +1,56 @@
-"""What the training loop reads: letterboxed (image, mask) tensors of a list of samples."""
+"""What the training loop reads: letterboxed uint8 (image, mask, index) items of a list of samples.
+
+Items stay uint8 until they reach the device, where `segpipe.data.batches` normalises and
+augments whole batches: a batch of uint8 is a quarter of the bytes of a float one to copy, and
+the per-pixel arithmetic runs where it is fastest.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segpipe.imageio import read_class_mask, read_image
-from segpipe.data.letterbox import letterbox_pair, to_tensor
+from segpipe.data.cache import DecodedCache, Letterboxed
 from segpipe.layout import Sample
-from segpipe.prep.split import id_position
-
-
-
-def online_transform(seed: int) -> A.Compose:
-    """Light augmentation drawn anew every epoch, on top of the offline set."""
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        ],
-        seed=seed,
-    )
 
 
 class SegmentationDataset(Dataset):
-    """Letterboxed (image, mask) tensors: image (3, S, S) normalised float, mask (S, S) long.
+    """Letterboxed items: image (S, S, 3) uint8 RGB, mask (S, S) uint8 class ids (255 = padding or
+    ignored) and the item's index (which `OnlineAugment` draws by).
 
-    Online augmentation, when on, is seeded by (seed, epoch, index), so a sample's draw does not
-    depend on which DataLoader worker loads it, and a resumed run sees the same draws.
+    Args:
+        samples: the (image, mask) pairs.
+        image_size: the square side S.
+        cache: where decoded items are kept (`DecodedCache`); None decodes on every access.
     """
 
-    def __init__(self, samples: Sequence[Sample], image_size: int, *, online_augment: bool = False, seed: int = 0):
+    def __init__(self, samples: Sequence[Sample], image_size: int, cache: DecodedCache | None = None):
         self.samples = list(samples)
-        self.size = (image_size, image_size)
-        self.online_augment = online_augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.shaping = Letterboxed(image_size)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = self._item(index)
+        return torch.from_numpy(image), torch.from_numpy(mask), index
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch, as the DataLoader asks for it: images (B, S, S, 3) and masks (B, S, S)
+        uint8, indices (B,). Each item is copied once, straight into the batch (no collation)."""
+        side = self.shaping.size
+        images = np.empty((len(indices), side, side, 3), np.uint8)
+        masks = np.empty((len(indices), side, side), np.uint8)
+        for row, index in enumerate(indices):
+            images[row], masks[row] = self._item(index)
+        return torch.from_numpy(images), torch.from_numpy(masks), torch.tensor(list(indices))
+
+    def _item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample = self.samples[index]
-        image = read_image(sample.image)
-        mask = read_class_mask(sample.mask)
-        if self.online_augment:
-            draw = int(id_position(f"{sample.id}@{self.epoch}", self.seed) * 2**31)
-            out = online_transform(draw)(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        image, mask, _ = letterbox_pair(image, mask, self.size)
-        return to_tensor(image), torch.from_numpy(mask.astype(np.int64))
+        if self.cache is None:
+            return self.shaping.build(sample)
+        return self.cache.get(sample, self.shaping)

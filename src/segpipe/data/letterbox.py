@@ -84,16 +84,6 @@ class Letterbox:
             size_w=size_w,
         )
 
-    @classmethod
-    def scaled(cls, src_hw: tuple[int, int], scale: float) -> Letterbox:
-        """Resize a (src_h, src_w) image by `scale` with no padding: the canvas is the scaled size."""
-        src_h, src_w = (int(v) for v in src_hw)
-        if min(src_h, src_w) < 1 or scale <= 0:
-            raise SegpipeError(f"cannot scale an image of size {src_h}x{src_w} by {scale}")
-        new_h, new_w = max(1, round(src_h * scale)), max(1, round(src_w * scale))
-        return cls(src_h, src_w, scale, new_h, new_w, top=0, left=0, size_h=new_h, size_w=new_w)
-
-    @property
     def is_identity(self) -> bool:
         """True when the canvas is the source size: nothing is resized or padded."""
         return (self.src_h, self.src_w) == (self.size_h, self.size_w)
@@ -108,17 +98,30 @@ class Letterbox:
             An array (size_h, size_w[, C]) of the image's dtype.
         """
         self._check_source(image, "image")
-        shrinking = self.new_h < self.src_h or self.new_w < self.src_w
-        resized = self._resize(image, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        return self._pad(resized, pad_value)
+        return self._pad(resize_image(image, (self.new_h, self.new_w)), pad_value)
+
+    def apply_reduced(self, image: np.ndarray, pad_value: tuple[int, ...] = MEAN_PAD_VALUE) -> np.ndarray:
+        """`apply_image` for the source decoded at reduced scale (`imageio.read_image_for`).
+
+        Args:
+            image: the source's pixels at (src_h, src_w), or reduced to any size from
+                (new_h, new_w) up to that.
+        """
+        h, w = image.shape[:2]
+        reduced = self.new_h <= h <= self.src_h and self.new_w <= w <= self.src_w
+        if (h, w) != (self.src_h, self.src_w) and not reduced:
+            raise SegpipeError(
+                f"a reduced decode of {h}x{w} cannot stand for a {self.src_h}x{self.src_w} source "
+                f"letterboxed to {self.new_h}x{self.new_w}; decode it with read_image_for(fit=...)"
+            )
+        return self._pad(resize_image(image, (self.new_h, self.new_w)), pad_value)
 
     def apply_mask(self, mask: np.ndarray) -> np.ndarray:
         """Resize (nearest, so no new labels appear) and pad an (src_h, src_w) mask with IGNORE_INDEX."""
         if mask.ndim != 2:
             raise SegpipeError(f"a mask must be 2-D (H, W) class indices, got shape {mask.shape}")
         self._check_source(mask, "mask")
-        # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST is shifted by half a pixel.
-        return self._pad(self._resize(mask, cv2.INTER_NEAREST_EXACT), IGNORE_INDEX)
+        return self._pad(resize_mask(mask, (self.new_h, self.new_w)), IGNORE_INDEX)
 
     def crop(self, array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Remove the padding from a (..., size_h, size_w) array or tensor -> (..., new_h, new_w)."""
@@ -157,13 +160,6 @@ class Letterbox:
                 f"source size {self.src_h}x{self.src_w}; fit a Letterbox to this {what}"
             )
 
-    def _resize(self, array: np.ndarray, interpolation: int) -> np.ndarray:
-        if (self.new_h, self.new_w) == (self.src_h, self.src_w):
-            return array
-        resized = cv2.resize(array, (self.new_w, self.new_h), interpolation=interpolation)
-        # cv2 drops a trailing channel axis of length 1; keep the caller's layout.
-        return resized.reshape((self.new_h, self.new_w, *array.shape[2:]))
-
     def _pad(self, array: np.ndarray, pad_value: int | tuple[int, ...]) -> np.ndarray:
         canvas = np.empty((self.size_h, self.size_w, *array.shape[2:]), dtype=array.dtype)
         canvas[...] = pad_value
@@ -189,16 +185,53 @@ def letterbox_pair(
     return box.apply_image(image), box.apply_mask(mask), box
 
 
+def resize_image(image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w[, C]) image to size_hw: area averaging when shrinking, else bilinear."""
+    h, w = image.shape[:2]
+    if (h, w) == tuple(size_hw):
+        return image
+    shrinking = size_hw[0] < h or size_hw[1] < w
+    return _resize(image, size_hw, cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an (h, w) class mask to size_hw by nearest neighbour, so no new labels appear."""
+    if mask.shape[:2] == tuple(size_hw):
+        return mask
+    # INTER_NEAREST_EXACT samples pixel centres; plain INTER_NEAREST is shifted by half a pixel.
+    return _resize(mask, size_hw, cv2.INTER_NEAREST_EXACT)
+
+
+def _resize(array: np.ndarray, size_hw: tuple[int, int], interpolation: int) -> np.ndarray:
+    resized = cv2.resize(array, (size_hw[1], size_hw[0]), interpolation=interpolation)
+    # cv2 drops a trailing channel axis of length 1; keep the caller's layout.
+    return resized.reshape((*size_hw, *array.shape[2:]))
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Normalise RGB images (B, 3, H, W) on the 0-255 scale (uint8, or float after augmentation)
+    by ImageNet mean/std into a new float32 tensor on their device.
+
+    The memory format is kept: a channels-last batch gives a channels-last result.
+    """
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype not in (torch.uint8, torch.float32):
+        raise SegpipeError(
+            f"normalize expects uint8 or float32 RGB images (B, 3, H, W) on the 0-255 scale, "
+            f"got {images.dtype} of shape {tuple(images.shape)}"
+        )
+    # (x / 255 - mean) / std as one fused multiply-add: x * (1 / (255 std)) + (-mean / std)
+    scale = torch.tensor([1 / (255 * s) for s in IMAGENET_STD], device=images.device).view(1, 3, 1, 1)
+    offset = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], device=images.device).view(1, 3, 1, 1)
+    return torch.addcmul(offset, images.float(), scale)
+
+
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """Turn an (H, W, 3) uint8 RGB image into a (3, H, W) float32 tensor normalised by ImageNet mean/std."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise SegpipeError(
             f"to_tensor expects an (H, W, 3) uint8 RGB image, got {image.dtype} of shape {image.shape}"
         )
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    return normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None])[0].contiguous()
 
 
 # Softmax probabilities (B, C, S, S) on the CPU for a normalised (B, 3, S, S) batch.
@@ -206,17 +239,26 @@ CanvasForward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def predict_letterboxed(
-    forward: CanvasForward, images: Sequence[np.ndarray], size: int, max_scale: float | None = None
+    forward: CanvasForward,
+    images: Sequence[np.ndarray],
+    size: int,
+    max_scale: float | None = None,
+    full_sizes: Sequence[tuple[int, int]] | None = None,
 ) -> list[torch.Tensor]:
     """Probabilities (C, H, W) of each (H, W, 3) uint8 image at its own size: letterbox into a
     (size, size) canvas (enlarging at most by `max_scale`), run `forward`, restore.
 
     The one way a model is fed whole images or tiles, shared by prediction and by training's
     tiled validation, so the two cannot drift apart.
+
+    Args:
+        full_sizes: for images decoded at reduced scale (`imageio.read_image_for`), the (H, W)
+            of each full image; the probabilities come back at that size.
     """
     if not images:
         return []
-    boxes = [Letterbox.fit(image.shape[:2], (size, size), max_scale) for image in images]
-    batch = torch.stack([to_tensor(box.apply_image(image)) for box, image in zip(boxes, images)])
+    sizes = full_sizes or [image.shape[:2] for image in images]
+    boxes = [Letterbox.fit(hw, (size, size), max_scale) for hw in sizes]
+    batch = torch.stack([to_tensor(box.apply_reduced(image)) for box, image in zip(boxes, images)])
     probs = forward(batch)  # (B, C, S, S)
     return [box.restore(p) for box, p in zip(boxes, probs)]

@@ -6,12 +6,17 @@ tile is learnt at its own scale instead of being shrunk to `image_size`. A crop 
 pixel of a randomly chosen non-background class present in the image with probability
 `patch_class_balance` (nnU-Net's foreground oversampling), else placed uniformly. A scaled image
 smaller than a patch is padded, image with the letterbox colour and mask with `IGNORE_INDEX`, at
-a random offset. Draws come from (seed, epoch, index) alone, so a resumed run sees the same
-patches, whichever DataLoader worker cuts them.
+a random offset. Items are keyed by (epoch, index), and a crop's draws come from (seed, epoch,
+index) alone, so a resumed run sees the same patches, whichever DataLoader worker cuts them (the
+workers live for the whole run, so the epoch travels with the key, not as dataset state).
+
+Like the letterboxed dataset, items stay uint8; online augmentation runs on the device
+(`segpipe.data.batches`).
 
 Patches are cut from whole images already decoded and scaled, never by decoding an image per
-crop: the dataset takes a `ScaledLoader`, `load(sample, scale) -> (image, mask)`.
-`MemoryScaledCache` is the plain one (decode and scale once per process, keep it in memory).
+crop: the dataset takes a `ScaledLoader`, `load(sample, scale) -> (image, mask)`: the decoded
+cache's `DecodedCache.scaled`, or, with the cache off, `MemoryScaledCache` (decode and scale once
+per process, keep it in memory).
 """
 
 from __future__ import annotations
@@ -23,10 +28,9 @@ import torch
 from torch.utils.data import Dataset
 
 from segpipe.config import TrainSection
-from segpipe.data.dataset import online_transform
-from segpipe.data.letterbox import MEAN_PAD_VALUE, Letterbox, to_tensor
-from segpipe.errors import SegpipeError
-from segpipe.imageio import IGNORE_INDEX, read_class_mask, read_image
+from segpipe.data.cache import Scaled
+from segpipe.data.letterbox import MEAN_PAD_VALUE
+from segpipe.imageio import IGNORE_INDEX
 from segpipe.layout import Sample
 
 # (sample, scale) -> (image (H, W, 3) uint8, mask (H, W) uint8) of the whole image scaled by scale.
@@ -37,21 +41,10 @@ ScaledLoader = Callable[[Sample, float], tuple[np.ndarray, np.ndarray]]
 MAX_CLASS_POINTS = 10_000
 
 
-def scale_pair(image: np.ndarray, mask: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its mask resized by `scale` with the letterbox's interpolation (area when
-    shrinking, bilinear when enlarging; nearest for the mask), no padding."""
-    if image.shape[:2] != mask.shape[:2]:
-        raise SegpipeError(
-            f"image of size {image.shape[0]}x{image.shape[1]} and mask of size "
-            f"{mask.shape[0]}x{mask.shape[1]} differ; they must come from the same annotation"
-        )
-    box = Letterbox.scaled(image.shape[:2], scale)
-    return box.apply_image(image), box.apply_mask(mask)
-
-
 class MemoryScaledCache:
-    """A `ScaledLoader` that decodes and scales each sample once and keeps it in this process's
-    memory for the run. DataLoader workers (train.workers > 0) each hold, and fill, their own."""
+    """A `ScaledLoader` for `train.cache: false`: decodes and scales each sample once, exactly as
+    the decoded cache would (`Scaled.build`), and keeps it in this process's memory for the run.
+    DataLoader workers (train.workers > 0, alive for the whole run) each hold, and fill, their own."""
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[str, str, float], tuple[np.ndarray, np.ndarray]] = {}
@@ -59,7 +52,7 @@ class MemoryScaledCache:
     def __call__(self, sample: Sample, scale: float) -> tuple[np.ndarray, np.ndarray]:
         key = (str(sample.image), str(sample.mask), scale)
         if key not in self._pairs:
-            self._pairs[key] = scale_pair(read_image(sample.image), read_class_mask(sample.mask), scale)
+            self._pairs[key] = Scaled(scale).build(sample)
         return self._pairs[key]
 
 
@@ -99,44 +92,50 @@ def cut(array: np.ndarray, top: int, left: int, patch: int, fill: int | tuple[in
 
 
 class PatchDataset(Dataset):
-    """`patches_per_image` random crops of every sample per epoch: image (3, P, P) normalised
-    float, mask (P, P) long, P = train.patch_size; item i is a crop of sample i // patches_per_image.
+    """`patches_per_image` random crops of every sample per epoch; item (epoch, i) is a crop of
+    sample i // patches_per_image: image (P, P, 3) uint8 RGB, mask (P, P) uint8 class ids (255 =
+    padding or ignored) and i, which `OnlineAugment` draws by. P = train.patch_size.
 
     Args:
         samples: the training images.
-        config: the train section (patch_size, patch_scale, patches_per_image,
-            patch_class_balance, online_augment).
+        config: the train section (patch_size, patch_scale, patches_per_image, patch_class_balance).
         seed: base.seed; with the epoch and the item index it fixes every draw.
         load: where scaled whole images come from.
     """
+
+    keyed_by_epoch = True  # the loader asks for (epoch, index) keys (`training.loaders.EpochBatches`)
 
     def __init__(self, samples: Sequence[Sample], config: TrainSection, *, seed: int, load: ScaledLoader) -> None:
         self.samples = list(samples)
         self.patch, self.scale = config.patch_size, config.patch_scale
         self.per_image, self.balance = config.patches_per_image, config.patch_class_balance
-        self.online_augment = config.online_augment
         self.seed, self.load = seed, load
-        self.epoch = 0
         self._points: dict[int, dict[int, np.ndarray]] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples) * self.per_image
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = self.crop(*key)
+        return torch.from_numpy(image), torch.from_numpy(mask), key[1]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A whole batch, as the DataLoader asks for it: images (B, P, P, 3) and masks (B, P, P)
+        uint8, indices (B,)."""
+        images = np.empty((len(keys), self.patch, self.patch, 3), np.uint8)
+        masks = np.empty((len(keys), self.patch, self.patch), np.uint8)
+        for row, (epoch, index) in enumerate(keys):
+            images[row], masks[row] = self.crop(epoch, index)
+        return torch.from_numpy(images), torch.from_numpy(masks), torch.tensor([index for _, index in keys])
+
+    def crop(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item `index`'s crop in `epoch`: image (P, P, 3) and mask (P, P), uint8."""
         sample_index = index // self.per_image
         image, mask = self.load(self.samples[sample_index], self.scale)
         # A seed sequence needs non-negative entries; base.seed may be any int.
-        rng = np.random.default_rng([self.seed % 2**63, self.epoch, index])
+        rng = np.random.default_rng([self.seed % 2**63, epoch, index])
         top, left = self._origin(rng, sample_index, mask)
-        image = cut(image, top, left, self.patch, MEAN_PAD_VALUE)
-        mask = cut(mask, top, left, self.patch, IGNORE_INDEX)
-        if self.online_augment:
-            out = online_transform(int(rng.integers(2**31)))(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return to_tensor(image), torch.from_numpy(mask.astype(np.int64))
+        return cut(image, top, left, self.patch, MEAN_PAD_VALUE), cut(mask, top, left, self.patch, IGNORE_INDEX)
 
     def _origin(self, rng: np.random.Generator, sample_index: int, mask: np.ndarray) -> tuple[int, int]:
         """Top-left corner of the crop: on a present class with probability `balance`, else uniform."""

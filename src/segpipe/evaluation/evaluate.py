@@ -41,7 +41,7 @@ from segpipe.evaluation.plots import (
     plot_confusion,
     plot_gallery,
 )
-from segpipe.imageio import atomic_write_text, read_class_mask, read_image
+from segpipe.imageio import atomic_write_text, read_class_mask, read_image, read_image_for
 from segpipe.inference.predictor import Predictor
 from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores, image_scores
@@ -123,8 +123,11 @@ def evaluate(
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True) as bar:
         for start in range(0, len(samples), batch_size):
             chunk = samples[start : start + batch_size]
-            pairs = [load_pair(sample) for sample in chunk]
-            label_maps = predictor.class_maps([image for image, _ in pairs], batch_size)
+            # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
+            pairs = [load_pair(sample, fit=predictor.canvas) for sample in chunk]
+            label_maps = predictor.class_maps(
+                [image for image, _ in pairs], batch_size, full_sizes=[mask.shape for _, mask in pairs]
+            )
             for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
                 try:
                     matrix.update(mask, labels)
@@ -147,13 +150,20 @@ def evaluate(
     return report
 
 
-def load_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
-    """A sample's (H, W, 3) image and (H, W) class mask; they must be the same size."""
-    image, mask = read_image(sample.image), read_class_mask(sample.mask)
-    if image.shape[:2] != mask.shape:
+def load_pair(sample: Sample, fit: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's image and (H, W) class mask; the image is (H, W, 3), or with `fit` (the
+    predictor's canvas) possibly decoded at reduced scale (`read_image_for`). The full image
+    must be the mask's size."""
+    if fit is None:
+        image = read_image(sample.image)
+        full_hw = image.shape[:2]
+    else:
+        image, full_hw = read_image_for(sample.image, fit=fit)
+    mask = read_class_mask(sample.mask)
+    if tuple(full_hw) != mask.shape:
         raise SegpipeError(
             f"{sample.mask}: mask of size {mask.shape[0]}x{mask.shape[1]} does not match its image "
-            f"{sample.image} of size {image.shape[0]}x{image.shape[1]}; re-run the convert stage"
+            f"{sample.image} of size {full_hw[0]}x{full_hw[1]}; re-run the convert stage"
         )
     return image, mask
 

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image
+from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image, read_image_for
 from segpipe.palette import colour_overlay, output_mask
 from segpipe.inference.predictor import Predictor, class_map
 from segpipe.data.tiling import Tiling, predict_tiled
@@ -95,12 +95,15 @@ def predict_paths(
     batch = 1 if tiling is not None else options.batch_size
     with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
         for chunk in _chunks(images, batch):
-            loaded = _read_all(chunk, report)
+            # Whole images that nobody sees at full size (no tiles, no overlay) are decoded no
+            # larger than the model's canvas needs.
+            reduced = tiling is None and not options.overlay
+            loaded = _read_all(chunk, report, predictor.canvas if reduced else None)
             try:
                 for path, image, labels, probs in _predict(predictor, loaded, options, tiling):
                     report.written.append(write_outputs(out_dir / path.stem, image, labels, probs, predictor.num_classes, options))
             except SegpipeError as exc:  # e.g. --probs of an image too large to hold them
-                report.failed.append(f"{', '.join(str(path) for path, _ in loaded)}: {exc}")
+                report.failed.append(f"{', '.join(str(path) for path, _, _ in loaded)}: {exc}")
             bar.update(len(chunk))
     return report
 
@@ -153,30 +156,44 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def _read_all(paths: Sequence[Path], report: PredictReport) -> list[tuple[Path, np.ndarray]]:
-    """The images that could be read; every other one is recorded in `report.failed`."""
+def _read_all(
+    paths: Sequence[Path], report: PredictReport, fit: tuple[int, int] | None
+) -> list[tuple[Path, np.ndarray, tuple[int, int]]]:
+    """(path, pixels, full (H, W)) of the images that could be read, decoded at reduced scale
+    when `fit` (the model's canvas) allows; every other one is recorded in `report.failed`."""
     loaded = []
     for path in paths:
         try:
-            loaded.append((path, read_image(path)))
+            if fit is None:
+                image = read_image(path)
+                loaded.append((path, image, image.shape[:2]))
+            else:
+                loaded.append((path, *read_image_for(path, fit=fit)))
         except SegpipeError as exc:
             report.failed.append(str(exc))
     return loaded
 
 
 def _predict(
-    predictor: Predictor, loaded: list[tuple[Path, np.ndarray]], options: PredictOptions, tiling: Tiling | None
+    predictor: Predictor,
+    loaded: list[tuple[Path, np.ndarray, tuple[int, int]]],
+    options: PredictOptions,
+    tiling: Tiling | None,
 ) -> Iterator[tuple[Path, np.ndarray, np.ndarray, torch.Tensor | None]]:
-    """(path, image, labels (H, W) uint8, probs (C, H, W) or None) per image."""
+    """(path, image, labels (H, W) uint8, probs (C, H, W) or None) per image; labels and probs
+    at the full size even where the image was decoded at reduced scale."""
     if tiling is not None:
         predict = functools.partial(predictor.predict_batch, tta=options.tta)
-        for path, image in loaded:
+        for path, image, _ in loaded:
             labels, probs = predict_tiled(predict, image, tiling, keep_probs=options.probs)
             yield path, image, labels, probs
         return
-    all_probs = predictor.predict_batch([image for _, image in loaded], tta=options.tta)
-    for (path, image), probs in zip(loaded, all_probs):
+    all_probs = predictor.predict_batch(
+        [image for _, image, _ in loaded], tta=options.tta, full_sizes=[size for _, _, size in loaded]
+    )
+    for (path, image, _), probs in zip(loaded, all_probs):
         yield path, image, class_map(probs), probs if options.probs else None
+
 
 def write_outputs(
     stem: Path,

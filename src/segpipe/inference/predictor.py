@@ -7,11 +7,14 @@ therefore score exactly the numbers `evaluate` reports.
     image (H, W, 3) --Letterbox.fit/apply_image--> canvas (S, S) --to_tensor--> model --softmax-->
     (C, S, S) --Letterbox.restore--> (C, H, W)
 
-S is the checkpoint's `image_size`. Large images go through `segpipe.data.tiling` with
-`Predictor.predict_batch` as the function that predicts each window. A model trained on patches
-(`train.sampling: patches`) is never fed a whole letterboxed image: `class_maps` tiles every image
-with windows of patch_size / patch_scale source pixels, each scaled by patch_scale into the
-patch_size input, as it was trained, and windows are never enlarged beyond that scale.
+S is the checkpoint's `image_size`. A photo much larger than S may be decoded at reduced scale
+(`imageio.read_image_for(path, fit=predictor.canvas)`) and passed with its full size: it is
+resized onto the same canvas and the probabilities still come back at the full (H, W). Large
+images go through `segpipe.data.tiling` with `Predictor.predict_batch` as the function that
+predicts each window. A model trained on patches (`train.sampling: patches`) is never fed a whole
+letterboxed image: `class_maps` tiles every image with windows of patch_size / patch_scale source
+pixels, each scaled by patch_scale into the patch_size input, as it was trained, and windows are
+never enlarged beyond that scale.
 """
 
 from __future__ import annotations
@@ -80,18 +83,46 @@ class Predictor:
         """Softmax probabilities (C, H, W) float32 on the CPU for one (H, W, 3) uint8 RGB image."""
         return self.predict_batch([image], tta=tta)[0]
 
-    def predict_batch(self, images: Sequence[np.ndarray], *, tta: bool = False) -> list[torch.Tensor]:
-        """`predict_probs` for several images (or tiles) in one forward pass; each keeps its own
-        size. A patch model's inputs are never enlarged beyond its training scale."""
-        forward = functools.partial(self.canvas_probs, tta=tta)
-        return predict_letterboxed(forward, images, self.image_size, self.patch_scale)
+    @property
+    def canvas(self) -> tuple[int, int] | None:
+        """The (h, w) canvas a whole image is letterboxed into, so that
+        `read_image_for(path, fit=predictor.canvas)` decodes a large photo no larger than that
+        needs; None for a patch model, which tiles images at its own scale and needs them whole."""
+        return (self.image_size, self.image_size) if self.tiling is None else None
 
-    def class_maps(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[np.ndarray]:
+    def predict_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        tta: bool = False,
+        full_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[torch.Tensor]:
+        """`predict_probs` for several images (or tiles) in one forward pass; each keeps its own
+        size. A patch model's inputs are never enlarged beyond its training scale.
+
+        Args:
+            images: (h, w, 3) uint8 RGB images.
+            tta: average over the 8 rotations and flips.
+            full_sizes: for images decoded at reduced scale (`read_image_for`), the (H, W) of
+                each full image: the probabilities come back at that size, as if the full image
+                had been predicted.
+        """
+        forward = functools.partial(self.canvas_probs, tta=tta)
+        return predict_letterboxed(forward, images, self.image_size, self.patch_scale, full_sizes)
+
+    def class_maps(
+        self,
+        images: Sequence[np.ndarray],
+        batch_size: int = 4,
+        full_sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> list[np.ndarray]:
         """The (H, W) uint8 class map of each whole image, the way the model was trained: one
-        letterboxed pass per image, or, for a patch model, its own blended tiles
-        (`batch_size` windows per forward pass)."""
+        letterboxed pass per image (`full_sizes` as in `predict_batch`), or, for a patch model,
+        its own blended tiles (`batch_size` windows per forward pass) of images decoded whole."""
         if self.tiling is None:
-            return [class_map(probs) for probs in self.predict_batch(images)]
+            return [class_map(probs) for probs in self.predict_batch(images, full_sizes=full_sizes)]
+        if full_sizes is not None and any(tuple(s) != i.shape[:2] for s, i in zip(full_sizes, images)):
+            raise SegpipeError("a patch model tiles images at their full size; do not decode them reduced")
         tiling = dataclasses.replace(self.tiling, batch_size=batch_size)
         return [predict_tiled(self.predict_batch, image, tiling)[0] for image in images]
 
@@ -125,5 +156,13 @@ class Predictor:
 
 
 def class_map(probs: torch.Tensor) -> np.ndarray:
-    """The most probable class per pixel of (C, H, W) probabilities, as (H, W) uint8."""
-    return probs.argmax(0).to(torch.uint8).numpy()
+    """The most probable class per pixel of (C, H, W) probabilities, as (H, W) uint8; a tie goes
+    to the lower class, as with argmax."""
+    # torch's argmax over the outer dimension of a large (C, H, W) tensor is a strided reduction
+    # that takes ~0.8 s for a 3000 x 2250 photo; C passes of elementwise maxima take ~0.08 s.
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8)
+    best = probs[0].clone()
+    for index in range(1, probs.shape[0]):
+        labels.masked_fill_(probs[index] > best, index)
+        torch.maximum(best, probs[index], out=best)
+    return labels.numpy()
