@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,7 +60,7 @@ def test_items_are_uint8_images_and_masks_letterboxed_with_ignored_padding_and_t
     padding_rows = (mask == 255).all(dim=1)
     assert padding_rows.tolist() == [True] * 4 + [False] * 24 + [True] * 4
     assert image[0].eq(torch.tensor(MEAN_PAD_VALUE, dtype=torch.uint8)).all()
-    source = torch.from_numpy(read_image(processed / "images" / "img001.png"))
+    source = torch.from_numpy(np.array(read_image(processed / "images" / "img001.png")))
     assert torch.equal(image[4:28], source)  # scale 1: the pixels themselves
     content = mask[4:28]
     assert set(content.unique().tolist()) == {0, 1}
