@@ -32,7 +32,7 @@ def main(
     from segpipe.runtime import resolve_device
 
     options = PredictOptions(overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size)
-    report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device), progress=not quiet)
+    report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device, "--device"), progress=not quiet)
     for message in report.failed:
         typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"predict: {len(report.written)} masks -> {out}" + (f", {len(report.failed)} failed" if report.failed else ""))

@@ -15,8 +15,12 @@ import torch.distributed as dist
 from segpipe.errors import SegpipeError
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device.
+
+    Args:
+        setting: where the user chose `name` (`serve.device`, `--device`), for error messages.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -26,9 +30,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise SegpipeError(f"train.device: {name!r} is not a device ({exc}); use auto, cpu, cuda or mps") from None
+        raise SegpipeError(f"{setting}: {name!r} is not a device ({exc}); use auto, cpu, cuda or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegpipeError("train.device is cuda but no CUDA GPU is visible; set train.device: auto or cpu")
+        raise SegpipeError(f"{setting} is {name} but no CUDA GPU is visible; set {setting} to auto or cpu")
     return device
 
 

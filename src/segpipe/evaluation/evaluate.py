@@ -109,7 +109,7 @@ def evaluate(
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor(checkpoint, resolve_device(config.device))
+    predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device"))
     if classes is not None and tuple(predictor.classes) != tuple(classes):
         raise SegpipeError(
             f"{checkpoint}: the model was trained on classes {predictor.classes} but base.classes is "

@@ -194,7 +194,7 @@ def serve(model: str, settings: ServeSection, announce: Callable[[str], None] = 
 
     from segpipe.runtime import resolve_device
 
-    service = load_service(model, resolve_device(settings.device))
+    service = load_service(model, resolve_device(settings.device, "serve.device"))
     app = create_app(service, int(settings.max_upload_mb * 2**20))
     names = ", ".join(service.classes)
     announce(f"serve: {service.source} ({len(service.classes)} classes: {names}; {service.predictor.image_size} px input)")
