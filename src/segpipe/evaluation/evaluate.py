@@ -110,12 +110,7 @@ def evaluate(
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
     predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device"))
-    if classes is not None and tuple(predictor.classes) != tuple(classes):
-        raise SegpipeError(
-            f"{checkpoint}: the model was trained on classes {predictor.classes} but base.classes is "
-            f"{list(classes)}; the masks' class ids would be scored under the wrong names. Evaluate a "
-            "checkpoint trained on this project's classes (re-run train), or fix base.classes"
-        )
+    check_classes(checkpoint, predictor.classes, classes)
     batch_size = config.batch_size
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
@@ -148,6 +143,16 @@ def evaluate(
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
     return report
+
+
+def check_classes(checkpoint: Path, trained: Sequence[str], expected: Sequence[str] | None) -> None:
+    """Refuse a model trained on other classes than the project's (`expected`; None: any)."""
+    if expected is not None and tuple(trained) != tuple(expected):
+        raise SegpipeError(
+            f"{checkpoint}: the model was trained on classes {list(trained)} but base.classes is "
+            f"{list(expected)}; the masks' class ids would be scored under the wrong names. Evaluate a "
+            "checkpoint trained on this project's classes (re-run train), or fix base.classes"
+        )
 
 
 def load_pair(sample: Sample, fit: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
