@@ -28,6 +28,7 @@ from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.models import build_model
 from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+from segpipe.training.stage import TrainOutputs
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("background", "lesion")
@@ -254,3 +255,14 @@ class CountingCalls:
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return self.fn(*args, **kwargs)
+
+
+def train_outputs_in(root: Path) -> TrainOutputs:
+    """The train stage's outputs laid out under `root` as dvc.yaml lays them out in a project."""
+    return TrainOutputs(
+        models_dir=root / "models",
+        metrics=root / "metrics" / "train.json",
+        info=root / "metrics" / "train_info.json",
+        history=root / "metrics" / "train_history.csv",
+        plots_dir=root / "plots" / "train",
+    )

@@ -18,20 +18,10 @@ from segpipe.models.checkpoint import MODEL_KEYS
 from segpipe.training import stage as run_module
 from segpipe import tracking
 from segpipe.config import load_params
-from segpipe.training.stage import TrainOutputs, train_stage
-from tests.helpers import Interrupt, tiny_params, tiny_samples, use_tmp_mlflow
+from segpipe.training.stage import train_stage
+from tests.helpers import Interrupt, tiny_params, tiny_samples, train_outputs_in, use_tmp_mlflow
 
 EXPERIMENT = "tiny-experiment"
-
-
-def outputs_in(root: Path) -> TrainOutputs:
-    return TrainOutputs(
-        models_dir=root / "models",
-        metrics=root / "metrics" / "train.json",
-        info=root / "metrics" / "train_info.json",
-        history=root / "metrics" / "train_history.csv",
-        plots_dir=root / "plots" / "train",
-    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +30,7 @@ def staged(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage")
     samples = tiny_samples(root / "processed", count=3)
     params = tiny_params({"epochs": 3, "eval_period": 2}, base={"experiment": EXPERIMENT})
-    outputs = outputs_in(root)
+    outputs = train_outputs_in(root)
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as monkeypatch:
         use_tmp_mlflow(monkeypatch, root)
@@ -146,7 +136,7 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
     blocker.write_text("")  # a database below a regular file cannot be created, even by root
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocker}/mlflow.db")
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     with pytest.warns(UserWarning, match="MLflow start failed; going on without tracking"):
         report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     assert report.info["epochs"] == 1 and report.run_id is None
@@ -157,7 +147,7 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
 
 def test_a_resumed_stage_continues_the_same_mlflow_run(tmp_path: Path, mlflow_env, monkeypatch):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     train = {"epochs": 2}
     real_fit = run_module.fit
     monkeypatch.setattr(run_module, "fit", lambda *args, **kwargs: real_fit(*args, **kwargs, on_epoch_end=Interrupt(1)))

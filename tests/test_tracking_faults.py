@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 from segpipe import tracking
-from segpipe.training.stage import TrainOutputs, train_stage
-from tests.helpers import tiny_params, tiny_samples
+from segpipe.training.stage import train_stage
+from tests.helpers import tiny_params, tiny_samples, train_outputs_in
 
 
 def closed_port() -> int:
@@ -50,13 +50,7 @@ def test_any_http_answer_counts_as_a_live_server_and_local_stores_need_none():
 def test_training_with_a_dead_server_warns_once_and_runs_without_tracking(tmp_path: Path, mlflow_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
     samples = tiny_samples(tmp_path / "processed")
-    outputs = TrainOutputs(
-        models_dir=tmp_path / "models",
-        metrics=tmp_path / "train.json",
-        info=tmp_path / "train_info.json",
-        history=tmp_path / "history.csv",
-        plots_dir=tmp_path / "plots",
-    )
+    outputs = train_outputs_in(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)

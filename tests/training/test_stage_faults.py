@@ -13,18 +13,8 @@ from mlflow.tracking import MlflowClient
 from segpipe import tracking
 from segpipe.errors import SegpipeError
 from segpipe.training import stage as stage_module
-from segpipe.training.stage import TrainOutputs, train_stage
-from tests.helpers import dead_pid, tiny_params, tiny_samples
-
-
-def outputs_in(root: Path) -> TrainOutputs:
-    return TrainOutputs(
-        models_dir=root / "models",
-        metrics=root / "metrics" / "train.json",
-        info=root / "metrics" / "train_info.json",
-        history=root / "metrics" / "history.csv",
-        plots_dir=root / "plots",
-    )
+from segpipe.training.stage import train_stage
+from tests.helpers import dead_pid, tiny_params, tiny_samples, train_outputs_in
 
 
 @pytest.mark.parametrize(
@@ -38,7 +28,7 @@ def outputs_in(root: Path) -> TrainOutputs:
 )
 def test_bad_settings_are_refused_before_any_run_or_file_exists(tmp_path: Path, mlflow_env, settings, message):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     train = settings.pop("train", {})
     with pytest.raises(SegpipeError, match=message):
         train_stage(tiny_params(train, **settings), samples, samples, outputs, progress=False)
@@ -48,7 +38,7 @@ def test_bad_settings_are_refused_before_any_run_or_file_exists(tmp_path: Path, 
 
 def test_checkpoint_temporaries_of_a_killed_run_are_cleared_at_start(tmp_path: Path, mlflow_env):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     outputs.models_dir.mkdir()
     stale = outputs.models_dir / f".last.pt.tmp-{dead_pid()}"
     stale.write_bytes(b"half a checkpoint")
@@ -58,7 +48,7 @@ def test_checkpoint_temporaries_of_a_killed_run_are_cleared_at_start(tmp_path: P
 
 def test_a_run_left_running_by_a_killed_process_is_marked_killed_by_the_next(tmp_path: Path, mlflow_env):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     client = MlflowClient()
     finished = (outputs.models_dir / tracking.RUN_ID_FILE).read_text().strip()
@@ -74,7 +64,7 @@ def test_a_run_left_running_by_a_killed_process_is_marked_killed_by_the_next(tmp
 
 def test_a_run_id_unknown_to_the_store_is_left_alone(tmp_path: Path, mlflow_env):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
     outputs.models_dir.mkdir()
     (outputs.models_dir / tracking.RUN_ID_FILE).write_text("0123456789abcdef\n")
     train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
@@ -83,7 +73,7 @@ def test_a_run_id_unknown_to_the_store_is_left_alone(tmp_path: Path, mlflow_env)
 
 def test_sigterm_during_training_ends_the_run_killed_and_exits_143(tmp_path: Path, mlflow_env, monkeypatch):
     samples = tiny_samples(tmp_path / "processed")
-    outputs = outputs_in(tmp_path)
+    outputs = train_outputs_in(tmp_path)
 
     def terminate(state) -> None:
         # Only with a handler in place: SIGTERM's default action would end the test session itself.
