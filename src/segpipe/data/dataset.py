@@ -27,6 +27,8 @@ class SegmentationDataset(Dataset):
         cache: where decoded items are kept (`DecodedCache`); None decodes on every access.
     """
 
+    keyed_by_epoch = False  # items are the same every epoch: plain indices (`training.loaders.EpochBatches`)
+
     def __init__(self, samples: Sequence[Sample], image_size: int, cache: DecodedCache | None = None):
         self.samples = list(samples)
         self.shaping = Letterboxed(image_size)

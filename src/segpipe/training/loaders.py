@@ -164,7 +164,7 @@ class TrainData:
         if loader is None or loader.batch_sampler.batch_size != batch_size:
             batches = EpochBatches(
                 len(self.train_set), self.seed, self.runtime.dist, batch_size,
-                drop_last=self.cfg.compile, keyed_by_epoch=getattr(self.train_set, "keyed_by_epoch", False),
+                drop_last=self.cfg.compile, keyed_by_epoch=self.train_set.keyed_by_epoch,
             )
             loader = self._train_loader = make_loader(self.train_set, batches, self.cfg.workers, self.runtime.device)
         loader.batch_sampler.set_epoch(epoch)
