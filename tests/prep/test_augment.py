@@ -1,8 +1,11 @@
+import itertools
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from segpipe.prep.augment import augment_dataset
 from segpipe.config import AugmentSection, SplitSection
@@ -69,16 +72,104 @@ def test_horizontal_flip_mirrors_image_and_mask_exactly(dataset, tmp_path: Path)
 
 def test_rotation_marks_rotated_in_corners_ignore_and_keeps_labels_nearest(dataset, tmp_path: Path):
     provenance = run(dataset, tmp_path / "aug", copies=2, **{**NOTHING, "rotate_p": 1.0, "rotate_limit": 45})
-    for new_id in provenance.id:
+    assert provenance.transforms.str.startswith("Rotate(angle=").all()
+    angles = provenance.transforms.str.extract(r"angle=(-?[\d.]+)")[0].astype(float)
+    assert (angles.abs() >= 5).sum() >= 4
+    for new_id, angle in zip(provenance.id, angles):
         mask = read_class_mask(tmp_path / "aug" / "masks" / f"{new_id}.png")
         assert set(np.unique(mask)) <= {0, 1, 255}  # nearest-neighbour: no blended labels
-        if mask[0, 0] != 255 and mask[-1, -1] != 255:
-            pytest.fail(f"{new_id}: a rotated image should have ignore (255) corners")
-    assert provenance.transforms.str.startswith("Rotate(angle=").all()
+        # A turn of a few degrees brings in a corner wider than a pixel of this 24 x 32 image.
+        if abs(angle) >= 5 and mask[0, 0] != 255 and mask[-1, -1] != 255:
+            pytest.fail(f"{new_id}: an image rotated by {angle} degrees should have ignore (255) corners")
 
 
 def test_provenance_names_the_transforms_applied(dataset, tmp_path: Path):
     settings = {**NOTHING, "contrast_p": 1.0, "blur_p": 1.0, "vflip_p": 1.0}
     provenance = run(dataset, tmp_path / "aug", copies=1, **settings)
     for record in provenance.transforms:
-        assert "VerticalFlip" in record and "Contrast(alpha=" in record and "GaussianBlur(ksize=" in record
+        assert "VerticalFlip" in record and "Contrast(alpha=" in record and "GaussianBlur(sigma=" in record
+
+
+# --- The draws: what params.yaml says, checked by their distribution over many samples. ---
+
+DEFAULT_P = {"Rotate": 0.5, "HorizontalFlip": 0.5, "VerticalFlip": 0.5, "Contrast": 0.5, "GaussianBlur": 0.3}
+PARAMETER = {  # transform -> (regex of its recorded parameter, configured range)
+    "Rotate": (r"Rotate\(angle=(-?[\d.]+)\)", (-30.0, 30.0)),
+    "Contrast": (r"Contrast\(alpha=([\d.]+)\)", (0.7, 1.3)),
+    "GaussianBlur": (r"GaussianBlur\(sigma=([\d.]+)\)", (0.3, 1.5)),
+}
+
+
+@pytest.fixture(scope="module")
+def many_draws(tmp_path_factory) -> pd.DataFrame:
+    """Provenance of 40 training images x 32 copies = 1,280 samples with the default settings."""
+    root = tmp_path_factory.mktemp("draws")
+    processed = make_processed(root / "processed", count=50, size=(8, 8))
+    write_split(processed, root / "splits", SplitSection(val_fraction=0.2), seed=0)
+    augment_dataset(processed, root / "splits", root / "aug", AugmentSection(copies=32), seed=7, workers=1, progress=False)
+    provenance = pd.read_csv(root / "aug" / "provenance.csv", keep_default_na=False)
+    assert len(provenance) == 1280
+    return provenance
+
+
+def fired(provenance: pd.DataFrame) -> pd.DataFrame:
+    """One boolean column per transform: did the sample's provenance list it."""
+    names = [record.split("; ") if record else [] for record in provenance.transforms]
+    return pd.DataFrame({t: [any(n.split("(")[0] == t for n in row) for row in names] for t in DEFAULT_P})
+
+
+def test_each_transform_fires_with_its_own_probability(many_draws):
+    counts = fired(many_draws).sum()
+    for name, p in DEFAULT_P.items():
+        test = stats.binomtest(int(counts[name]), len(many_draws), p)
+        assert test.pvalue > 0.001, f"{name}: {counts[name]} of {len(many_draws)} fired, p = {p}"
+
+
+def test_transforms_fire_independently_of_each_other(many_draws):
+    table = fired(many_draws)
+    for a, b in itertools.combinations(DEFAULT_P, 2):
+        contingency = pd.crosstab(table[a], table[b]).reindex(index=[False, True], columns=[False, True], fill_value=0)
+        _, pvalue, _, _ = stats.chi2_contingency(contingency.to_numpy(), correction=False)
+        assert pvalue > 0.001, f"{a} and {b} are not independent:\n{contingency}"
+    # "No transform at all" is the product of the five misses: 0.5^4 * 0.7 = 4.4%.
+    nothing = int((~table.any(axis=1)).sum())
+    assert stats.binomtest(nothing, len(table), 0.5**4 * 0.7).pvalue > 0.001, nothing
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETER))
+def test_parameters_spread_uniformly_over_their_configured_range(many_draws, name):
+    pattern, (low, high) = PARAMETER[name]
+    values = many_draws.transforms.str.extract(pattern)[0].dropna().astype(float).to_numpy()
+    assert len(values) > 200, f"{name}: only {len(values)} recorded values"
+    width = high - low
+    assert low - 1e-3 <= values.min() < low + 0.03 * width and high - 0.03 * width < values.max() <= high + 1e-3
+    assert stats.kstest(values, stats.uniform(loc=low, scale=width).cdf).pvalue > 0.001
+
+
+def test_provenance_lists_exactly_the_flips_and_contrast_each_sample_went_through(dataset, tmp_path: Path):
+    settings = {**NOTHING, "hflip_p": 0.5, "vflip_p": 0.5, "contrast_p": 0.5}
+    provenance = run(dataset, tmp_path / "aug", copies=12, **settings).fillna("")
+    for row in provenance.itertuples():
+        expected = read_image(dataset[0] / "images" / f"{row.source_id}.png").astype(float)
+        mask = read_class_mask(dataset[0] / "masks" / f"{row.source_id}.png")
+        if "HorizontalFlip" in row.transforms:
+            expected, mask = expected[:, ::-1], mask[:, ::-1]
+        if "VerticalFlip" in row.transforms:
+            expected, mask = expected[::-1], mask[::-1]
+        alpha = re.search(r"Contrast\(alpha=([\d.]+)\)", row.transforms)
+        if alpha:
+            expected = np.clip(expected * float(alpha.group(1)), 0, 255)
+        image = read_image(tmp_path / "aug" / "images" / f"{row.id}.png")
+        np.testing.assert_allclose(image, expected, atol=1.5, err_msg=f"{row.id}: {row.transforms}")
+        np.testing.assert_array_equal(read_class_mask(tmp_path / "aug" / "masks" / f"{row.id}.png"), mask)
+    assert provenance.transforms.str.contains("Flip").any() and (provenance.transforms == "").any()
+
+
+def test_the_same_seed_draws_the_same_transforms_and_another_seed_others(dataset, tmp_path: Path):
+    first = run(dataset, tmp_path / "a", copies=4)
+    again = run(dataset, tmp_path / "b", copies=4)
+    processed, splits = dataset
+    augment_dataset(processed, splits, tmp_path / "c", AugmentSection(copies=4), seed=8, workers=1, progress=False)
+    other = pd.read_csv(tmp_path / "c" / "provenance.csv")
+    pd.testing.assert_frame_equal(first, again)
+    assert (first.transforms.fillna("") != other.transforms.fillna("")).mean() > 0.5

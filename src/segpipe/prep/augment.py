@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,45 +27,78 @@ from segpipe.prep.split import id_position
 PROVENANCE = "provenance.csv"
 
 
-def build_transform(config: AugmentSection, seed: int) -> A.Compose:
-    """The albumentations pipeline from `augment.*`: rotation, flips, contrast, Gaussian blur.
+@dataclass(frozen=True)
+class Applied:
+    """One transform a sample went through, with the value drawn for it (None for a flip)."""
+
+    name: str
+    value: float | None = None
+
+    def describe(self) -> str:
+        """As provenance.csv records it, e.g. `Rotate(angle=-12.41)` or `HorizontalFlip`."""
+        labels = {"Rotate": ("angle", 2), "Contrast": ("alpha", 4), "GaussianBlur": ("sigma", 4)}
+        if self.name not in labels:
+            return self.name
+        key, digits = labels[self.name]
+        return f"{self.name}({key}={self.value:.{digits}f})"
+
+
+def draw_transforms(config: AugmentSection, seed: int) -> list[Applied]:
+    """The transforms of one sample and their parameters, drawn from `augment.*` by `seed`.
+
+    One numpy Generator per sample decides everything here: each transform fires on its own
+    uniform draw (so with its own `p`, independently of the others) and takes a second draw for
+    its parameter whether or not it fires, so changing one `p` leaves the other transforms' draws
+    alone. (Seeding a fresh `A.Compose` per sample made every transform's first draw the same
+    number, so they fired all together or not at all.)
+    """
+    u = np.random.default_rng(seed).random((5, 2))  # rows: rotate, hflip, vflip, contrast, blur
+    low, high = config.blur_sigma
+    candidates = [
+        (config.rotate_p, Applied("Rotate", config.rotate_limit * (2 * u[0, 1] - 1))),
+        (config.hflip_p, Applied("HorizontalFlip")),
+        (config.vflip_p, Applied("VerticalFlip")),
+        (config.contrast_p, Applied("Contrast", 1 + config.contrast_limit * (2 * u[3, 1] - 1))),
+        (config.blur_p, Applied("GaussianBlur", low + (high - low) * u[4, 1])),
+    ]
+    return [applied for (p, applied), draw in zip(candidates, u[:, 0]) if draw < p]
+
+
+def build_transform(applied: list[Applied]) -> A.Compose:
+    """The albumentations pipeline that applies exactly `applied`, each with its drawn value.
 
     Masks are resampled nearest-neighbour, and corners rotated in from outside the image are
     IGNORE_INDEX in the mask (black in the image), so the loss never learns from invented pixels.
+    Every range is a single value, so albumentations draws nothing.
     """
-    transforms = [
-        A.Rotate(
-            limit=config.rotate_limit,
-            p=config.rotate_p,
+    return A.Compose([_albumentation(item) for item in applied])
+
+
+def _albumentation(item: Applied) -> A.BasicTransform:
+    value = item.value
+    if item.name == "Rotate":
+        return A.Rotate(
+            limit=(value, value),
+            p=1.0,
             interpolation=cv2.INTER_LINEAR,
             mask_interpolation=cv2.INTER_NEAREST,
             border_mode=cv2.BORDER_CONSTANT,
             fill=0,
             fill_mask=IGNORE_INDEX,
-        ),
-        A.HorizontalFlip(p=config.hflip_p),
-        A.VerticalFlip(p=config.vflip_p),
-        A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=config.contrast_limit, p=config.contrast_p),
-        # blur_limit=0: the kernel size follows from the drawn sigma.
-        A.GaussianBlur(blur_limit=0, sigma_limit=config.blur_sigma, p=config.blur_p),
-    ]
-    return A.Compose(transforms, seed=seed, save_applied_params=True)
+        )
+    if item.name == "HorizontalFlip":
+        return A.HorizontalFlip(p=1.0)
+    if item.name == "VerticalFlip":
+        return A.VerticalFlip(p=1.0)
+    if item.name == "Contrast":
+        return A.RandomBrightnessContrast(brightness_limit=(0.0, 0.0), contrast_limit=(value - 1, value - 1), p=1.0)
+    # blur_limit=0: the kernel size follows from the sigma.
+    return A.GaussianBlur(blur_limit=0, sigma_limit=(value, value), p=1.0)
 
 
-def describe_applied(applied: list[tuple[str, dict]]) -> str:
-    """A short, readable record of the transforms one sample went through."""
-    parts = []
-    for name, params in applied:
-        if name == "Rotate":
-            matrix = params["matrix"]
-            parts.append(f"Rotate(angle={math.degrees(math.atan2(matrix[0][1], matrix[0][0])):.1f})")
-        elif name == "RandomBrightnessContrast":
-            parts.append(f"Contrast(alpha={params['alpha']:.3f})")
-        elif name == "GaussianBlur":
-            parts.append(f"GaussianBlur(ksize={len(params['kernel'])})")
-        else:
-            parts.append(name)
-    return "; ".join(parts)
+def describe_applied(applied: list[Applied]) -> str:
+    """A short, readable record of the transforms one sample went through ("" for none)."""
+    return "; ".join(item.describe() for item in applied)
 
 
 def sample_seed(seed: int, image_id: str, copy: int) -> int:
@@ -86,13 +118,13 @@ def _augment_one(job: _Job, *, config: AugmentSection, seed: int, out: Path) -> 
     jpeg = job.image_path.suffix.lower() in (".jpg", ".jpeg")
     rows = []
     for copy in range(config.copies):
-        transform = build_transform(config, sample_seed(seed, job.image_id, copy))
-        result = transform(image=image, mask=mask)
+        applied = draw_transforms(config, sample_seed(seed, job.image_id, copy))
+        result = build_transform(applied)(image=image, mask=mask)
         new_id = f"{job.image_id}_aug{copy}"
         suffix = ".jpg" if jpeg else ".png"
         _save_rgb(out / IMAGES / f"{new_id}{suffix}", result["image"])
         write_mask(mask_path(out, new_id), result["mask"])
-        rows.append({"id": new_id, "source_id": job.image_id, "transforms": describe_applied(result["applied_transforms"])})
+        rows.append({"id": new_id, "source_id": job.image_id, "transforms": describe_applied(applied)})
     return rows
 
 
