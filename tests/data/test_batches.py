@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from segpipe.data.batches import (
     DeviceBatches,
@@ -88,3 +91,56 @@ def test_normalize_is_the_imagenet_formula_for_uint8_and_float_batches():
     floats = images.float()
     torch.testing.assert_close(normalize(floats), expected, rtol=0, atol=1e-6)
     assert torch.equal(floats, images.float())  # the input is left alone
+
+
+# --- The online draws: each transform with its own p, independently, parameters over their range. ---
+
+def augmented_many(count: int = 2000, epoch: int = 0, seed: int = 3):
+    """Push `count` 2 x 2 samples through the default online augmentation and read back, per
+    sample, which flips fired and the contrast alpha and brightness beta that were applied.
+
+    Every sample's mask is [[0, 1], [2, 3]] and its image 100 + 10 * mask in each channel, so the
+    output mask tells the flips, and out = alpha * (100 + 10 * mask_out) + beta the other two.
+    """
+    masks = torch.tensor([[0, 1], [2, 3]]).repeat(count, 1, 1)
+    images = (100.0 + 10 * masks).unsqueeze(1).repeat(1, 3, 1, 1)
+    out, out_masks = OnlineAugment(default_online_transforms(), seed, count)(images, masks, torch.arange(count), epoch)
+    hflip = out_masks[:, 0, 0] % 2 == 1
+    vflip = out_masks[:, 0, 0] >= 2
+    flat_image, flat_mask = out[:, 0].reshape(count, 4).double(), out_masks.reshape(count, 4)
+    low, high = flat_image.gather(1, flat_mask.argmin(1, keepdim=True)), flat_image.gather(1, flat_mask.argmax(1, keepdim=True))
+    alpha = ((high - low) / 30).squeeze(1)
+    beta = (low.squeeze(1) - 100 * alpha)
+    contrast = ((alpha - 1).abs() > 1e-4) | (beta.abs() > 1e-3)
+    return hflip.numpy(), vflip.numpy(), contrast.numpy(), alpha.numpy(), beta.numpy()
+
+
+def test_online_transforms_fire_each_with_its_own_probability_and_independently():
+    fired = dict(zip(("hflip", "vflip", "contrast"), augmented_many()[:3]))
+    count = len(fired["hflip"])
+    for name, on in fired.items():
+        assert stats.binomtest(int(on.sum()), count, 0.5).pvalue > 0.001, (name, on.sum())
+    for a, b in itertools.combinations(fired, 2):
+        table = np.array([[np.sum(~fired[a] & ~fired[b]), np.sum(~fired[a] & fired[b])],
+                          [np.sum(fired[a] & ~fired[b]), np.sum(fired[a] & fired[b])]])
+        assert stats.chi2_contingency(table, correction=False)[1] > 0.001, (a, b, table)
+
+
+def test_online_contrast_and_brightness_spread_uniformly_over_their_range():
+    _, _, contrast, alpha, beta = augmented_many()
+    alpha, beta = alpha[contrast], beta[contrast]
+    for values, low, high in ((alpha, 0.9, 1.1), (beta, -25.5, 25.5)):
+        width = high - low
+        assert low - 1e-4 <= values.min() < low + 0.03 * width and high - 0.03 * width < values.max() <= high + 1e-4
+        assert stats.kstest(values, stats.uniform(loc=low, scale=width).cdf).pvalue > 0.001
+    assert stats.pearsonr(alpha, beta)[1] > 0.001  # drawn independently of each other
+
+
+def test_online_draws_change_with_the_epoch_independently_and_repeat_with_the_seed():
+    first, again, later = augmented_many(epoch=0), augmented_many(epoch=0), augmented_many(epoch=1)
+    for a, b in zip(first, again):
+        assert np.array_equal(a, b)
+    # A sample's flip in epoch 1 is independent of its flip in epoch 0.
+    table = np.array([[np.sum(~first[0] & ~later[0]), np.sum(~first[0] & later[0])],
+                      [np.sum(first[0] & ~later[0]), np.sum(first[0] & later[0])]])
+    assert stats.chi2_contingency(table, correction=False)[1] > 0.001, table
