@@ -160,6 +160,7 @@ class EvaluateSection(Section):
     batch_size: int = Field(default=4, ge=1)  # validation images per forward pass
     gallery_size: int = Field(default=4, ge=0)  # best and worst images shown in the gallery plot
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    surface_tolerance: float = Field(default=2.0, ge=0.0)  # pixels of the mask: normalised surface Dice
 
 
 class ServeSection(Section):

@@ -110,7 +110,8 @@ def test_metrics_json_holds_scores_only_and_the_info_json_what_was_scored(hand_c
     written = json.loads(out.metrics.read_text())
     assert all(isinstance(value, float) or value is None for value in written.values())
     assert not any(key.startswith("recall") or key == "mrecall" for key in written)  # recall is pa_*, once
-    assert json.loads(out.info.read_text()) == {"images": 2, "absent_classes": ["other"]}
+    info = json.loads(out.info.read_text())
+    assert (info["images"], info["absent_classes"], info["surface_tolerance_px"]) == (2, ["other"], 2.0)
 
 
 def test_absent_class_is_null_reported_and_left_out_of_the_means(hand_case):
@@ -143,13 +144,42 @@ def test_per_image_csv_has_one_row_per_image_with_its_own_scores(hand_case):
     evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0), progress=False)
     rows = read_csv(out.per_image)
     assert [row["id"] for row in rows] == ["a", "b"]
+    field = [f"image_{score}_{name}" for name in ("lesion", "other")
+             for score in ("jaccard", "thresholded_jaccard", "dice", "hd95", "nsd")]
     assert list(rows[0]) == ["id", "iou_background", "iou_lesion", "iou_other",
-                             "dice_background", "dice_lesion", "dice_other", "miou"]
+                             "dice_background", "dice_lesion", "dice_other", "miou", *field]
     assert float(rows[0]["iou_lesion"]) == pytest.approx(2 / 6)
     assert float(rows[0]["iou_background"]) == pytest.approx(10 / 14)
     assert float(rows[1]["iou_lesion"]) == 0.0  # predicted but not in the truth: present, IoU 0
     assert rows[1]["iou_other"] == "" and rows[1]["dice_other"] == ""
     assert float(rows[1]["miou"]) == pytest.approx((14 / 15) / 2)
+
+
+def test_per_image_means_follow_the_stated_empty_mask_conventions_by_hand(hand_case):
+    checkpoint, samples, out = hand_case
+    report = evaluate(checkpoint, samples, out, EvaluateSection(gallery_size=0, surface_tolerance=1), progress=False)
+    # Image a, lesion: truth the top-left 2x2, prediction the top row: Jaccard 2/6, Dice 4/8.
+    # Boundary distances truth -> prediction 0 0 1 1, prediction -> truth 0 0 1 2: HD95 =
+    # max(1, 1 + 0.85 * 1) = 1.85 (linear percentile, index 2.85); within 1 px: 4 + 3 of 8.
+    # Image b, lesion: no truth, one predicted pixel: 0, 0, HD95 left out, surface Dice 0.
+    # 'other': empty on both sides in both images: 1, 1, HD95 left out, surface Dice 1.
+    metrics = report.metrics
+    assert metrics["mean_jaccard_lesion"] == pytest.approx((2 / 6 + 0) / 2)
+    assert metrics["mean_dice_lesion"] == pytest.approx((4 / 8 + 0) / 2)
+    assert metrics["mean_thresholded_jaccard_lesion"] == 0.0
+    assert metrics["mean_hd95_lesion"] == pytest.approx(1.85)
+    assert metrics["mean_nsd_lesion"] == pytest.approx((7 / 8 + 0) / 2)
+    assert (metrics["mean_jaccard_other"], metrics["mean_hd95_other"]) == (1.0, None)
+    assert metrics["mean_jaccard"] == pytest.approx((1 / 6 + 1) / 2)
+    assert metrics["iou_lesion"] == pytest.approx(EXPECTED["iou_lesion"])  # the pooled scores stay
+    assert report.info["per_image_means"]["lesion"] == {
+        "images": 2, "hd95_images": 1, "both_empty": 0, "truth_empty_only": 1, "prediction_empty_only": 0,
+    }
+    assert report.info["per_image_means"]["other"]["both_empty"] == 2
+    rows = read_csv(out.per_image)
+    assert float(rows[0]["image_hd95_lesion"]) == pytest.approx(1.85) and rows[1]["image_hd95_lesion"] == ""
+    assert rows[1]["image_dice_other"] == "1.000000" and rows[1]["dice_other"] == ""
+    assert json.loads(out.info.read_text()) == report.info
 
 
 def test_figures_are_written(hand_case):

@@ -6,10 +6,13 @@ compared with the ground-truth mask at the mask's own size, and one `ConfusionMa
 collects every pixel of the set (255 ignored), so the means are over pixels of the whole set, not
 means of per-image means. Outputs:
 
-    metrics JSON     the scores only (SegmentationScores.as_dict keys; null where undefined)
-    info JSON        what was scored: "images" (how many) and "absent_classes" (names)
+    metrics JSON     the scores only: the pooled SegmentationScores.as_dict keys, then the per-image
+                     means mean_<score>_<class> of each foreground class (null where undefined)
+    info JSON        what was scored: "images", "absent_classes", "surface_tolerance_px" and
+                     "per_image_means" (per class: images each mean covers, empty masks)
     per-class CSV    class, iou, pixel_accuracy, precision, dice, gt_pixels, pred_pixels, present
-    per-image CSV    id, iou_<class>..., dice_<class>..., miou (blank where undefined)
+    per-image CSV    id, iou_<class>..., dice_<class>..., miou (blank where undefined), and per
+                     foreground class image_<score>_<class> (see evaluation/per_image.py)
     IoU plot data    class, iou (DVC bar_horizontal)
     plots_dir        class_scores.png, confusion_matrix.png, gallery.png (see evaluation/plots.py)
 
@@ -33,6 +36,7 @@ from tqdm import tqdm
 
 from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
+from segpipe.evaluation import per_image
 from segpipe.evaluation.plots import (
     GalleryRow,
     gallery_choice,
@@ -80,6 +84,7 @@ class ImageResult:
 
     id: str
     scores: SegmentationScores
+    field: dict[str, per_image.ClassScores]  # foreground class name -> the field's per-image scores
 
     @property
     def miou(self) -> float:
@@ -128,12 +133,10 @@ def evaluate(
                     matrix.update(mask, labels)
                 except SegpipeError as exc:  # the message names the bad value; add the file
                     raise SegpipeError(f"{sample.mask}: {exc}") from None
-                results.append(ImageResult(sample.id, image_scores(mask, labels, len(classes))))
+                results.append(score_image(sample.id, mask, labels, classes, config.surface_tolerance))
             bar.update(len(chunk))
     scores = matrix.compute()
-    metrics = scores.as_dict(classes)
-    info = {"images": len(samples), "absent_classes": metrics.pop("absent_classes")}
-    report = EvalReport(metrics, info)
+    report = make_report(scores, results, classes, config.surface_tolerance)
     # allow_nan=False: a NaN that slipped past as_dict fails here instead of writing invalid JSON.
     atomic_write_text(out.metrics, json.dumps(report.metrics, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out.info, json.dumps(report.info, indent=2) + "\n")
@@ -143,6 +146,30 @@ def evaluate(
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
     return report
+
+
+def score_image(image_id: str, mask: np.ndarray, labels: np.ndarray, classes: Sequence[str], tolerance: float) -> ImageResult:
+    """One image's pooled-style scores of every class and the field's scores of each foreground class."""
+    field = per_image.image_scores(mask, labels, range(1, len(classes)), tolerance)
+    return ImageResult(
+        image_id, image_scores(mask, labels, len(classes)), {classes[c]: s for c, s in field.items()}
+    )
+
+
+def make_report(
+    scores: SegmentationScores, results: Sequence[ImageResult], classes: Sequence[str], tolerance: float
+) -> EvalReport:
+    """eval.json: the pooled scores, then the per-image means of each foreground class; eval_info.json:
+    the image count, absent classes and how many images each per-image mean covers."""
+    metrics = scores.as_dict(classes)
+    field_means, covered = per_image.summarize([result.field for result in results])
+    info = {
+        "images": len(results),
+        "absent_classes": metrics.pop("absent_classes"),
+        "surface_tolerance_px": tolerance,
+        "per_image_means": covered,
+    }
+    return EvalReport({**metrics, **field_means}, info)
 
 
 def check_classes(checkpoint: Path, trained: Sequence[str], expected: Sequence[str] | None) -> None:
@@ -202,14 +229,22 @@ def per_class_csv(scores: SegmentationScores, classes: Sequence[str]) -> str:
 
 
 def per_image_csv(results: Sequence[ImageResult], classes: Sequence[str]) -> str:
-    """One row per image: id, IoU and Dice of every class, and the mean IoU over its present classes."""
-    fields = ("id", *(f"iou_{c}" for c in classes), *(f"dice_{c}" for c in classes), "miou")
+    """One row per image: id, IoU and Dice of every class (blank where absent), the mean IoU over
+    its present classes, then image_<score>_<class>: each foreground class's `per_image` scores
+    (empty masks as stated there)."""
+    foreground = classes[1:]
+    # image_*: dice_<class> is taken by the pooled-style column above, which leaves absent classes blank.
+    field_columns = [f"image_{score}_{c}" for c in foreground for score in per_image.SCORE_NAMES]
+    fields = ("id", *(f"iou_{c}" for c in classes), *(f"dice_{c}" for c in classes), "miou", *field_columns)
     rows = []
     for result in results:
         row = {"id": result.id, "miou": _cell(result.miou)}
         for index, name in enumerate(classes):
             row[f"iou_{name}"] = _cell(result.scores.per_class["iou"][index])
             row[f"dice_{name}"] = _cell(result.scores.per_class["dice"][index])
+        for name in foreground:
+            for score in per_image.SCORE_NAMES:
+                row[f"image_{score}_{name}"] = _cell(getattr(result.field[name], score))
         rows.append(row)
     return _csv(fields, rows)
 
