@@ -2,6 +2,7 @@ import itertools
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,3 +174,17 @@ def test_the_same_seed_draws_the_same_transforms_and_another_seed_others(dataset
     other = pd.read_csv(tmp_path / "c" / "provenance.csv")
     pd.testing.assert_frame_equal(first, again)
     assert (first.transforms.fillna("") != other.transforms.fillna("")).mean() > 0.5
+
+
+def test_provenance_angle_is_the_rotation_applied(dataset, tmp_path: Path):
+    provenance = run(dataset, tmp_path / "aug", copies=2, **{**NOTHING, "rotate_p": 1.0})
+    for row in provenance.itertuples():
+        angle = float(re.fullmatch(r"Rotate\(angle=(-?[\d.]+)\)", row.transforms).group(1))
+        source = read_image(dataset[0] / "images" / f"{row.source_id}.png")
+        h, w = source.shape[:2]
+        # OpenCV's rotation about the pixel-grid centre, counter-clockwise for a positive angle.
+        matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+        expected = cv2.warpAffine(source, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        image = read_image(tmp_path / "aug" / "images" / f"{row.id}.png")
+        # The angle is recorded to 0.01 degrees: a pixel or two may round the other way.
+        assert np.abs(image.astype(int) - expected).mean() < 1.0, (row.id, angle)
