@@ -75,7 +75,38 @@ def read_image(source: Path | bytes, name: str | None = None) -> np.ndarray:
     """
     name = name or str(source)
     image = ImageOps.exif_transpose(_open_checked(source, name))
-    return np.asarray(image.convert("RGB"))
+    return to_rgb(image, name)
+
+
+# Pillow's single-channel modes wider than 8 bits; `convert("RGB")` would clip them at 255.
+_WIDE_INTEGER_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32}
+
+
+def to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    """A decoded image as (H, W, 3) uint8 RGB; 16- and 32-bit gray images are rescaled, never clipped.
+
+    Integer images (16-bit PNG/TIFF, int32 TIFF) are scaled by their type's full range, so one
+    value maps to one gray level in every image: uint16 v -> round(v / 257), int32 v ->
+    round((v + 2**31) * 255 / (2**32 - 1)). A float image has no such range: its own minimum and
+    maximum become 0 and 255 (a constant image becomes 0). NaN or infinite pixels are refused.
+    Every other mode (8-bit, palette, 48-bit RGB, which Pillow reads as 8-bit RGB) is Pillow's RGB.
+    """
+    if image.mode in _WIDE_INTEGER_MODES:
+        info = np.iinfo(_WIDE_INTEGER_MODES[image.mode])
+        values = np.asarray(image).astype(np.float64)
+        gray = (values - info.min) * (255 / (int(info.max) - int(info.min)))
+    elif image.mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise SegpipeError(
+                f"{name}: a float image with NaN or infinite pixels, which have no gray level; "
+                "replace them (e.g. by the image's minimum) and save it again"
+            )
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        gray = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    else:
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(np.rint(gray).astype(np.uint8)[..., None], 3, axis=2)
 
 
 # EXIF orientations that turn the picture by 90 degrees (stored width is the shown height).
@@ -112,7 +143,7 @@ def read_image_for(
             needed_h, needed_w = (max(1, math.ceil(side * factor)) for side in full_hw)
             image.draft("RGB", (needed_h, needed_w) if turned else (needed_w, needed_h))
         image.load()
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), full_hw
+    return to_rgb(ImageOps.exif_transpose(image), str(source)), full_hw
 
 
 def read_mask(path: Path) -> Image.Image:
