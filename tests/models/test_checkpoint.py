@@ -83,7 +83,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(SegpipeError, match=rf"{re.escape(str(path))}: cannot write the checkpoint \(No space left on device\)"):
         save_checkpoint(path, {"model": {}, "model_args": {}, "epoch": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert load_checkpoint(path)["epoch"] == 1
