@@ -44,6 +44,12 @@ from segpipe.training.optim import LrSchedule, make_optimizer
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_miou", "lr")
+# A loss above this multiple of its first epoch's value has exploded. A healthy run's losses fall
+# below their first epoch's; the bumps of a working run (the unfreeze, a warm-up peak, a noisy
+# small validation set) stay within a few times it, while divergence grows by orders of
+# magnitude per epoch (1e10 after one epoch at train.lr 1e6). 1000x leaves room for the one and
+# catches the other an epoch or two in.
+EXPLODED_FACTOR = 1e3
 # torch.compile's default; the tests use "eager", whose guards, and so recompiles, are the same.
 COMPILE_BACKEND = "inductor"
 
@@ -134,7 +140,9 @@ def fit(
         val_loss = val_miou = None
         if state.epoch % cfg.eval_period == 0 or state.epoch == cfg.epochs:
             val_loss, val_miou = run_validation(state.model)
-        end_epoch(state, EpochResult(state.epoch, train_loss, val_loss, val_miou, lr), params, models_dir, runtime.dist, tracker)
+        result = EpochResult(state.epoch, train_loss, val_loss, val_miou, lr)
+        check_divergence(result, state.history, cfg)  # a diverged epoch is never saved, logged or best
+        end_epoch(state, result, params, models_dir, runtime.dist, tracker)
         show_epoch(epochs, state)
         if on_epoch_end is not None:
             on_epoch_end(state)
@@ -234,7 +242,7 @@ def start_or_resume(state: TrainState, params: Params, models_dir: Path, runtime
     last = models_dir / "last.pt"
     if params.train.resume and last.exists():
         try:
-            restore_state(state, last, runtime.device)
+            restore_state(state, last, runtime.device, params.train)
         except RuntimeError as exc:
             raise SegpipeError(f"{last}: cannot resume, it was trained with other model settings ({exc})") from None
         log.info("resuming from %s after epoch %d", last, state.epoch)
@@ -243,9 +251,13 @@ def start_or_resume(state: TrainState, params: Params, models_dir: Path, runtime
         return
     if params.train.resume:
         log.warning("train.resume is true but %s does not exist; starting from scratch", last)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    for path in models_dir.glob("*.pt"):  # the MLflow run id file is train_stage's, kept
-        path.unlink()
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        for path in models_dir.glob("*.pt"):  # the MLflow run id file is train_stage's, kept
+            path.unlink()
+    except OSError as exc:
+        raise SegpipeError(f"{exc.filename or models_dir}: cannot prepare the checkpoint folder ({exc.strerror or exc}); "
+                           f"make {models_dir} a writable folder with free space") from None
 
 
 def training_contents(state: TrainState) -> dict[str, Any]:
@@ -262,9 +274,12 @@ def training_contents(state: TrainState) -> dict[str, Any]:
     }
 
 
-def restore_state(state: TrainState, path: Path, device: torch.device) -> None:
-    """Continue from `last.pt`: weights, optimizer, schedule, scaler, history and RNG."""
+def restore_state(state: TrainState, path: Path, device: torch.device, train: TrainSection | None = None) -> None:
+    """Continue from `last.pt`: weights, optimizer, schedule, scaler, history and RNG; with `train`
+    (the current settings), refuse settings a resume cannot carry over (`check_resumable`)."""
     checkpoint = load_checkpoint(path, map_location=device)
+    if train is not None:
+        check_resumable(path, checkpoint.get("params", {}).get("train", {}), train)
     state.model.load_state_dict(checkpoint["model"])
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -274,6 +289,25 @@ def restore_state(state: TrainState, path: Path, device: torch.device) -> None:
     state.best_miou = checkpoint["best_miou"]
     state.best_epoch = checkpoint["best_epoch"]
     state.history = list(checkpoint["history"])
+
+
+def check_resumable(path: Path, saved: dict[str, Any], train: TrainSection) -> None:
+    """Refuse to resume when train.optimizer or how the model is fed changed since `path` was saved.
+
+    Another optimizer cannot take over the saved one's state (AdamW's moments are not SGD's
+    momentum). Another input size or sampling is refused rather than warned about: the epochs so
+    far trained on one input, the rest would train on another, and the run's history, best.pt
+    and last.pt would then describe neither setting, while a resume is meant to end exactly where
+    an uninterrupted run would.
+    """
+    fed = ("sampling", "patch_size", "patch_scale") if train.sampling == "patches" else ("sampling", "image_size")
+    for key in ("optimizer", *fed):
+        if key in saved and saved[key] != getattr(train, key):
+            raise SegpipeError(
+                f"{path}: cannot resume: train.{key} changed from {saved[key]} to {getattr(train, key)} since this "
+                f"checkpoint was saved. Set train.{key} back to {saved[key]} to resume, or set train.resume: false "
+                "to train afresh with the new setting (the old checkpoints are then deleted)"
+            )
 
 
 def end_epoch(
@@ -302,6 +336,29 @@ def end_epoch(
         save_checkpoint(models_dir / f"epoch_{result.epoch:03d}.pt", checkpoint)
     if tracker is not None:
         tracker.log_metrics({k: v for k, v in result.as_row().items() if k != "epoch"}, step=result.epoch)
+
+
+def check_divergence(result: EpochResult, history: Sequence[dict[str, float]], cfg: TrainSection) -> None:
+    """Stop the run when this epoch's validation loss is NaN or infinite, or a loss has exploded
+    (above EXPLODED_FACTOR times its value in the first epoch of `history` that has it).
+
+    Raises:
+        NonFiniteLoss naming what diverged, the epoch and what to try.
+    """
+    problem = None
+    if result.val_loss is not None and not math.isfinite(result.val_loss):
+        problem = f"the validation loss became {result.val_loss}"
+    for key, name in (("train_loss", "training"), ("val_loss", "validation")):
+        value = getattr(result, key)
+        first = next((row[key] for row in history if row[key] is not None), None)
+        if problem is None and value is not None and first is not None and value > EXPLODED_FACTOR * first:
+            problem = f"the {name} loss exploded to {value:.4g}, over {EXPLODED_FACTOR:g} x its first epoch's {first:.4g}"
+    if problem is not None:
+        raise NonFiniteLoss(
+            f"training diverged at epoch {result.epoch}: {problem}; this epoch is not saved (last.pt and best.pt "
+            f"keep the epochs before it). Lower train.lr (now {cfg.lr:g}) or clip gradients harder with "
+            f"train.grad_clip (now {cfg.grad_clip:g}, 0 = off; try 1.0 or less), and train again"
+        )
 
 
 def train_one_epoch(

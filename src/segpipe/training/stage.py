@@ -151,11 +151,18 @@ def start_tracking(
     logged = tracking.logged_params(params)
     tracker.start(params.base.experiment, tracking.run_name(root), logged, tags, run_id=resume_run)
     if is_main:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        if tracker.run_id:
-            atomic_write_text(run_id_file, tracker.run_id + "\n")
-        else:  # a later resume must not reopen an older run
-            run_id_file.unlink(missing_ok=True)
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            if tracker.run_id:
+                atomic_write_text(run_id_file, tracker.run_id + "\n")
+            else:  # a later resume must not reopen an older run
+                run_id_file.unlink(missing_ok=True)
+        except OSError as exc:
+            tracker.end("FAILED")
+            raise SegpipeError(
+                f"{run_id_file}: cannot write the MLflow run id ({exc.strerror or exc}); make {models_dir} a "
+                "writable folder with free space and run again"
+            ) from None
     return tracker
 
 
