@@ -268,6 +268,24 @@ def test_wide_gray_images_are_rescaled_to_8_bits_never_clipped(tmp_path: Path, c
         np.testing.assert_array_equal(pixels, np.repeat(gray[..., None], 3, axis=2))
 
 
+def test_a_signed_16_bit_tiff_is_scaled_by_the_int16_range_not_int32s(tmp_path: Path):
+    # Pillow opens int16 TIFFs as 32-bit mode "I"; the file's tags say it is int16. OpenCV writes one.
+    import cv2
+
+    path = tmp_path / "int16.tif"
+    assert cv2.imwrite(str(path), np.array([[-32768, -129, 0, 257, 32767]], np.int16))
+    # round((v + 32768) / 257): 0, 126.99.., 127.50.., 128.50.., 255
+    np.testing.assert_array_equal(read_image(path)[..., 0], [[0, 127, 128, 129, 255]])
+
+
+def test_an_int32_image_that_its_range_would_flatten_is_refused_not_returned_flat(tmp_path: Path):
+    path = wide_gray(tmp_path / "narrow.tif", [0, 4095], np.int32, "TIFF")  # 12-bit data in an int32 file
+    with pytest.raises(SegpipeError, match=r"narrow\.tif: its values 0\.\.4095 use so little of the int32 range .*one flat gray"):
+        read_image(path)
+    flat = wide_gray(tmp_path / "constant.tif", [7, 7], np.int32, "TIFF")  # constant: nothing is lost
+    np.testing.assert_array_equal(read_image(flat)[..., 0], [[128, 128]])
+
+
 def test_a_float_image_with_nan_pixels_is_refused_by_name(tmp_path: Path):
     path = wide_gray(tmp_path / "nodata.tif", [0.0, float("nan"), 1.0], np.float32, "TIFF")
     with pytest.raises(SegpipeError, match=r"nodata\.tif: a float image with NaN or infinite pixels"):
