@@ -74,6 +74,14 @@ def three_class_names(checkpoint) -> None:
     checkpoint["classes"] = ["background", "lesion", "hair"]
 
 
+def no_image_size(checkpoint) -> None:
+    del checkpoint["image_size"]
+
+
+def sampling_without_scale(checkpoint) -> None:
+    checkpoint["sampling"] = {"mode": "patches"}
+
+
 FAULTS = {
     "nan weight": (poison(float("nan")), r"the weights hold NaN or infinite values \(encoder\."),
     "inf weight": (poison(float("inf")), r"the weights hold NaN or infinite values"),
@@ -82,6 +90,8 @@ FAULTS = {
     "vgg16 weights": (weights_of({"backbone": "vgg16"}), r"the weights do not fit .*backbone 'plain'"),
     "no classes": (without_classes, r"the checkpoint has no list of class names \(`classes`: None\)"),
     "non-integer width": (non_integer_width, r"bad model_args \(base_channels: Input should be a valid integer .*got 4\.5\)"),
+    "no image_size": (no_image_size, r"the checkpoint's image_size or sampling entry is missing or malformed \(KeyError: 'image_size'\)"),
+    "sampling without patch_scale": (sampling_without_scale, r"the checkpoint's image_size or sampling entry is missing or malformed \(KeyError: 'patch_scale'\)"),
     "classes and num_classes disagree": (three_class_names, r"model_args num_classes 2 does not match its 3 class names \['background', 'lesion', 'hair'\]"),
 }
 

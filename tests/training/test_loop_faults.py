@@ -112,11 +112,17 @@ def test_resuming_after_changing_the_optimizer_or_the_input_is_refused_by_name(t
     assert (models / "last.pt").read_bytes() == saved
 
 
-def test_resuming_with_a_new_learning_rate_is_allowed(tmp_path: Path):
+def test_resuming_with_a_new_learning_rate_and_weight_decay_uses_them(tmp_path: Path):
     samples = tiny_samples(tmp_path / "processed")
     models = tmp_path / "models"
-    fit(tiny_params({"epochs": 1}), samples, samples, models, progress=False)
-    assert fit(tiny_params({"epochs": 2, "resume": True, "lr": 1e-4}), samples, samples, models, progress=False).epoch == 2
+    fit(tiny_params({"epochs": 1, "optimizer": "sgd", "scheduler": "step", "step_size": 1, "step_gamma": 0.5}), samples, samples, models, progress=False)
+    settings = {"epochs": 2, "resume": True, "optimizer": "sgd", "scheduler": "step", "step_size": 1, "step_gamma": 0.5,
+                "lr": 1e-4, "weight_decay": 0.0, "momentum": 0.5}
+    state = fit(tiny_params(settings), samples, samples, models, progress=False)
+    # epoch 2 (index 1) ran at 1e-4 x 0.5 ** 1; the state after it is at 1e-4 x 0.5 ** 2
+    assert [row["lr"] for row in state.history] == [pytest.approx(3e-3), pytest.approx(5e-5)]
+    group = state.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(2.5e-5) and group["weight_decay"] == 0.0 and group["momentum"] == 0.5
 
 
 def test_a_checkpoint_folder_that_turns_read_only_stops_naming_it_and_keeps_the_last_epoch(tmp_path: Path, monkeypatch):

@@ -175,14 +175,19 @@ def load_model(path: Path) -> LoadedModel:
     """The model in a checkpoint file (on the CPU), its class names, input size and sampling."""
     checkpoint = load_checkpoint(path, map_location="cpu")
     sampling = checkpoint.get("sampling", {"mode": "letterbox", "patch_scale": 1.0})
-    if sampling.get("mode") not in SAMPLING_MODES:
-        raise SegpipeError(f"{path}: unknown sampling {sampling.get('mode')!r}, expected one of {', '.join(SAMPLING_MODES)}")
+    if not isinstance(sampling, dict) or sampling.get("mode") not in SAMPLING_MODES:
+        shown = sampling.get("mode") if isinstance(sampling, dict) else sampling
+        raise SegpipeError(f"{path}: unknown sampling {shown!r}, expected one of {', '.join(SAMPLING_MODES)}")
     model, classes = checked_model(path, checkpoint)
-    return LoadedModel(
-        model=model,
-        classes=classes,
-        image_size=int(checkpoint["image_size"]),
-        params=dict(checkpoint.get("params", {})),
-        sampling=str(sampling["mode"]),
-        patch_scale=float(sampling["patch_scale"]),
-    )
+    try:
+        return LoadedModel(
+            model=model,
+            classes=classes,
+            image_size=int(checkpoint["image_size"]),
+            params=dict(checkpoint.get("params", {})),
+            sampling=str(sampling["mode"]),
+            patch_scale=float(sampling["patch_scale"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:  # a missing or malformed input-size entry
+        raise SegpipeError(f"{path}: the checkpoint's image_size or sampling entry is missing or malformed "
+                           f"({type(exc).__name__}: {exc}); it was edited or is damaged: train again") from None

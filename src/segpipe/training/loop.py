@@ -276,7 +276,8 @@ def training_contents(state: TrainState) -> dict[str, Any]:
 
 def restore_state(state: TrainState, path: Path, device: torch.device, train: TrainSection | None = None) -> None:
     """Continue from `last.pt`: weights, optimizer, schedule, scaler, history and RNG; with `train`
-    (the current settings), refuse settings a resume cannot carry over (`check_resumable`)."""
+    (the current settings), refuse settings a resume cannot carry over (`check_resumable`) and take
+    the learning rate, weight decay and momentum from them (`apply_hyperparameters`)."""
     checkpoint = load_checkpoint(path, map_location=device)
     if train is not None:
         check_resumable(path, checkpoint.get("params", {}).get("train", {}), train)
@@ -284,11 +285,31 @@ def restore_state(state: TrainState, path: Path, device: torch.device, train: Tr
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     state.scheduler.load_state_dict(checkpoint["scheduler"])
     state.scaler.load_state_dict(checkpoint["scaler"])
+    if train is not None:
+        apply_hyperparameters(state, train)
     torch.set_rng_state(checkpoint["rng"]["torch"].cpu())
     state.epoch = checkpoint["epoch"]
     state.best_miou = checkpoint["best_miou"]
     state.best_epoch = checkpoint["best_epoch"]
     state.history = list(checkpoint["history"])
+
+
+def apply_hyperparameters(state: TrainState, train: TrainSection) -> None:
+    """Put the current train.lr, weight_decay and momentum into a restored optimizer and schedule.
+
+    The saved optimizer and scheduler state carry the values of the run that saved them, so a
+    resume with a lowered train.lr would otherwise go on at the old one without a word, while its
+    schedule shape already follows the current params (see `build_state`).
+    """
+    factor = state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
+    state.scheduler.base_lrs = [train.lr] * len(state.optimizer.param_groups)
+    for group in state.optimizer.param_groups:
+        if group["initial_lr"] != train.lr or group["weight_decay"] != train.weight_decay:
+            log.info("resuming with train.lr %g, weight_decay %g (saved: %g, %g)",
+                     train.lr, train.weight_decay, group["initial_lr"], group["weight_decay"])
+        group.update(initial_lr=train.lr, lr=train.lr * factor, weight_decay=train.weight_decay)
+        if "momentum" in group:
+            group["momentum"] = train.momentum
 
 
 def check_resumable(path: Path, saved: dict[str, Any], train: TrainSection) -> None:
