@@ -299,3 +299,17 @@ def test_a_cache_dir_that_is_a_file_is_named_and_left_alone(tmp_path: Path, monk
     np.testing.assert_array_equal(image, Letterboxed(32).build(sample)[0])
     assert f"{not_a_folder}: the decoded-cache folder is a file" in caplog.text and CACHE_ENV in caplog.text
     assert not_a_folder.read_text() == "my notes"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where no folder can be made")
+def test_a_cache_folder_that_cannot_be_created_is_given_up_after_one_warning(tmp_path: Path, caplog, monkeypatch):
+    photos = [make_photo(tmp_path / "photos", f"p{i}", (120, 160), seed=i) for i in range(3)]
+    writes = CountingCalls(cache_module._write_entry)
+    monkeypatch.setattr(cache_module, "_write_entry", writes)
+    cache = DecodedCache(Path("/proc/segpipe-cache-test"))  # a real filesystem refusing mkdir (ENOENT)
+    with caplog.at_level(logging.WARNING):
+        assert cache.warm(photos, Letterboxed(32), workers=1) == 0
+        image, _ = cache.letterboxed(photos[1], 32)
+    np.testing.assert_array_equal(image, Letterboxed(32).build(photos[1])[0])
+    assert writes.calls == 1  # not one failing write per sample and epoch
+    assert caplog.text.count("cannot write this decoded-cache entry") == 1 and "going on without the cache" in caplog.text

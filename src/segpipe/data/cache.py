@@ -70,7 +70,7 @@ _MAGIC = b"SEGPIPE-DECODED\x00"
 _HEADER = struct.Struct("<16sIII16s")  # magic, height, width, CRC-32 of image + mask bytes, key
 # Write errors that say the whole folder is unusable (so later writes are not even tried), as
 # opposed to one bad entry (a folder in its place).
-_FOLDER_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST}
+_FOLDER_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST, errno.ENOENT}
 
 
 @dataclass(frozen=True)
