@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,39 @@ def test_broken_image_and_mask_symlinks_are_named(tmp_path):
     with pytest.raises(SegpipeError) as info:
         run(root, tmp_path, data)
     assert "images/b.png: a symlink" in str(info.value) and "masks/c.png: a symlink" in str(info.value)
+
+
+# --- file names that cannot become ids -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stem", "wrong"),
+    [
+        ("trail ", "starts or ends with whitespace"),
+        (" lead", "starts or ends with whitespace"),
+        ("new\nline", r"control character\(s\) '\\n'"),
+        ("tab\tbed", r"control character\(s\) '\\t'"),
+        ("bell\x07", r"control character\(s\) '\\x07'"),
+    ],
+)
+@pytest.mark.parametrize("data_format", ["labelme", "masks"])
+def test_file_names_that_cannot_become_ids_are_named_and_nothing_is_written(tmp_path, stem, wrong, data_format):
+    if data_format == "labelme":
+        tiny_set(tmp_path / "in")
+        bad = write_labelme(tmp_path / "in" / f"{stem}.json", [rect(1, 1, 4, 3)])
+        data = LABELME
+    else:
+        mask_folder(tmp_path / "in", {"good": np.zeros((2, 2), np.uint8), stem: np.zeros((2, 2), np.uint8)})
+        bad = tmp_path / "in" / "images" / f"{stem}.jpg"
+        data = masks_data()
+    with pytest.raises(SegpipeError, match=re.escape(repr(str(bad))) + ": the file name .*" + wrong):
+        run(tmp_path / "in", tmp_path, data)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_whitespace_after_the_extension_is_named_not_skipped(tmp_path):
+    mask_folder(tmp_path / "in", {"good": np.zeros((2, 2), np.uint8)})
+    (tmp_path / "in" / "images" / "other.jpg ").write_bytes((tmp_path / "in" / "images" / "good.jpg").read_bytes())
+    with pytest.raises(SegpipeError, match=re.escape(repr(str(tmp_path / "in" / "images" / "other.jpg "))) + ": the file name starts or ends"):
+        run(tmp_path / "in", tmp_path, masks_data())
+
