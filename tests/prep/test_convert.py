@@ -313,3 +313,21 @@ def test_whitespace_after_the_extension_is_named_not_skipped(tmp_path):
     with pytest.raises(SegpipeError, match=re.escape(repr(str(tmp_path / "in" / "images" / "other.jpg "))) + ": the file name starts or ends"):
         run(tmp_path / "in", tmp_path, masks_data())
 
+
+
+def test_webp_and_multi_page_tiff_images_are_converted_the_tiff_with_a_warning(tmp_path, caplog):
+    mask_folder(tmp_path / "in", {"plain": np.zeros((2, 2), np.uint8)})
+    pixels = np.array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]], np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in" / "images" / "web.webp", lossless=True)
+    Image.fromarray(np.array([[0, 255], [0, 0]], np.uint8)).save(tmp_path / "in" / "masks" / "web.png")
+    pages = [Image.fromarray(pixels), Image.new("RGB", (2, 2), (99, 99, 99))]
+    pages[0].save(tmp_path / "in" / "images" / "stack.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.full((2, 2), 255, np.uint8)).save(tmp_path / "in" / "masks" / "stack.png")
+    with caplog.at_level("WARNING", logger="segpipe"):
+        summary = run(tmp_path / "in", tmp_path, masks_data())
+    assert summary.images == 3
+    assert {row["id"]: row["source"] for row in read_manifest(tmp_path / "out")} == {
+        "plain": "images/plain.jpg", "stack": "images/stack.tif", "web": "images/web.webp"}
+    for stem in ("web", "stack"):  # written as PNG, pixels exact (the TIFF's first page)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "images" / f"{stem}.png")), pixels)
+    assert "stack.tif: has 2 pages (frames); only the first is used" in caplog.text
