@@ -287,9 +287,11 @@ def test_broken_image_and_mask_symlinks_are_named(tmp_path):
     [
         ("trail ", "starts or ends with whitespace"),
         (" lead", "starts or ends with whitespace"),
-        ("new\nline", r"control character\(s\) '\\n'"),
-        ("tab\tbed", r"control character\(s\) '\\t'"),
-        ("bell\x07", r"control character\(s\) '\\x07'"),
+        ("new\nline", r"line-break character\(s\) '\\n'"),
+        ("tab\tbed", r"line-break character\(s\) '\\t'"),
+        ("bell\x07", r"line-break character\(s\) '\\x07'"),
+        ("line\u2028separator", r"line-break character\(s\) '\\u2028'"),
+        ("no-break space\xa0", "starts or ends with whitespace"),
     ],
 )
 @pytest.mark.parametrize("data_format", ["labelme", "masks"])

@@ -148,9 +148,10 @@ def _check_names(input_dir: Path) -> None:
         relative = path.relative_to(input_dir).as_posix()
         if Path(path.name.strip()).suffix.lower() not in _INPUT_SUFFIXES or path.is_dir():
             continue
-        controls = sorted({c for c in relative if unicodedata.category(c) == "Cc"})
+        # Cc: \n, \t, ...; Zl/Zp: U+2028/U+2029, which str.splitlines also breaks lines at.
+        controls = sorted({c for c in relative if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
         if controls:
-            wrong = f"holds the control character(s) {', '.join(repr(c) for c in controls)}"
+            wrong = f"holds the control or line-break character(s) {', '.join(repr(c) for c in controls)}"
         elif path.name != path.name.strip() or path.stem != path.stem.strip():
             wrong = "starts or ends with whitespace (before or after its extension)"
         else:
