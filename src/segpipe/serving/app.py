@@ -85,13 +85,8 @@ def create_app(
     @app.get("/health")
     def health() -> dict:
         described = service.describe()
-        return {
-            "status": "ok",
-            **described,
-            "model": public_name(described["model"]),  # never a path of the server's machine
-            "max_upload_bytes": max_upload_bytes,
-            "max_pixels": max_pixels,
-        }
+        limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+        return {"status": "ok", **described, "model": public_name(described["model"]), **limits}
 
     @app.post("/predict", responses={200: {"content": {"image/png": {}}}})
     async def predict(image: UploadFile = File(...), tile: str = Form("auto"), tta: bool = Form(False)) -> Response:
