@@ -191,6 +191,8 @@ class Distributed:
         if world_size == 1:
             return cls()
         if not dist.is_initialized():
+            if device.type == "cuda":  # NCCL's own collectives (barrier) use the current device
+                torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
