@@ -4,7 +4,6 @@ on one machine and as two nodes meeting at a c10d rendezvous."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,40 +11,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-import yaml
 
-from segpipe.prep.augment import augment_dataset
-from segpipe.config import AugmentSection, SplitSection
-from segpipe.prep.split import write_split
 from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint
-from tests.helpers import REPO, free_port, make_processed
+from tests.helpers import free_port, prepare_run
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-
-
-def prepare_run(root: Path, epochs: int = 3, save_period: int = 2) -> dict[str, str]:
-    """Processed data, a 4/1 split, no augmentation and tiny params in `root`; returns the
-    environment a training there runs in (its own MLflow database)."""
-    processed = make_processed(root / "processed", count=5)
-    # 4 train images and 1 val image: rank 1 validates nothing, and the confusion sums still work.
-    split = write_split(processed, root / "splits", SplitSection(val_fraction=0.2), seed=0)
-    assert (len(split.train), len(split.val)) == (4, 1)
-    augment_dataset(processed, root / "splits", root / "augmented", AugmentSection(enabled=False), seed=0, progress=False)
-    params = {
-        "model": {"backbone": "plain", "base_channels": 4},
-        "train": {
-            "image_size": 32, "epochs": epochs, "freeze_epochs": 1, "batch_size": 2, "device": "cpu",
-            "save_period": save_period,
-        },
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "DVC_ROOT": str(root),
-        "OMP_NUM_THREADS": "1",
-    }
 
 
 TRAIN = ["-m", "pipeline", "train", "processed", "splits", "augmented", "models", "--quiet"]
