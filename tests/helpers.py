@@ -27,7 +27,7 @@ from segpipe.config import ModelSection, Params, parse_params
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.models import build_model
-from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+from segpipe.models.checkpoint import checkpoint_contents, load_checkpoint, model_from_checkpoint, save_checkpoint
 from segpipe.training.stage import TrainOutputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +101,20 @@ def tiny_checkpoint(
     model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
     params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
     save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
+    return path
+
+
+def split_checkpoint(path: Path, image: np.ndarray, classes=CLASSES) -> Path:
+    """A tiny random checkpoint whose head is shifted so that about half of `image` is lesion:
+    masks with several regions and holes to outline, not all background."""
+    from segpipe.inference.predictor import Predictor
+
+    contents = load_checkpoint(tiny_checkpoint(path, classes, seed=1))
+    model = model_from_checkpoint(contents)
+    probs = Predictor.from_model(model, classes, contents["image_size"]).predict_probs(image)
+    with torch.no_grad():
+        model.head.bias[1] -= torch.log(probs[1] / probs[0]).median()
+    save_checkpoint(path, {**contents, "model": model.state_dict()})
     return path
 
 

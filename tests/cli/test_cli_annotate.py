@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.app import app
 from segpipe.inference.annotate import read_predicted_mask
-from segpipe.inference.predictor import Predictor
-from segpipe.models.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segpipe.prep.labelme import load_annotation, rasterize
-from tests.helpers import random_image, tiny_checkpoint
+from tests.helpers import random_image, split_checkpoint, tiny_checkpoint
 
 runner = CliRunner()
 CLASSES = ("background", "lesion")
@@ -25,18 +23,6 @@ def write_images(folder, count: int = 3, size=(40, 52)):
     for index in range(count):
         Image.fromarray(random_image(*size, seed=index)).save(folder / f"im{index}.png")
     return folder
-
-
-def split_checkpoint(path, image: np.ndarray):
-    """A tiny random checkpoint whose head is shifted so that about half of `image` is lesion:
-    masks with several regions and holes to outline, not all background."""
-    contents = load_checkpoint(tiny_checkpoint(path, seed=1))
-    model = model_from_checkpoint(contents)
-    probs = Predictor.from_model(model, CLASSES, contents["image_size"]).predict_probs(image)
-    with torch.no_grad():
-        model.head.bias[1] -= torch.log(probs[1] / probs[0]).median()
-    save_checkpoint(path, {**contents, "model": model.state_dict()})
-    return path
 
 
 def test_predict_labelme_writes_a_file_per_mask_that_convert_paints_back_into_it(tmp_path):
@@ -76,3 +62,50 @@ def test_predict_labelme_refuses_a_negative_tolerance(tmp_path):
     assert result.exit_code == 1
     assert "--tolerance must be >= 0 pixels, got -1" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def read_ranking(path):
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    return rows[0], rows[1:]
+
+
+def test_suggest_ranks_every_image_and_pre_annotates_only_the_top_k(tmp_path):
+    images = write_images(tmp_path / "pool", count=5)
+    checkpoint = split_checkpoint(tmp_path / "best.pt", np.asarray(Image.open(images / "im0.png")))
+    out = tmp_path / "next"
+    result = runner.invoke(app, ["suggest", str(checkpoint), str(images), "--out", str(out), "--top", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    header, rows = read_ranking(out / "ranking.csv")
+    assert header == ["image", "score", "rank"]
+    assert sorted(row[0] for row in rows) == [f"im{i}.png" for i in range(5)]
+    assert [int(row[2]) for row in rows] == [1, 2, 3, 4, 5]
+    scores = [float(row[1]) for row in rows]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] <= np.log(2)
+    top = {Path(row[0]).stem for row in rows[:2]}
+    assert {p.stem for p in out.glob("*.json")} == top == {p.stem for p in out.glob("*.png")}
+    for stem in top:
+        document = json.loads((out / f"{stem}.json").read_text())
+        assert document["imagePath"] == f"../pool/{stem}.png" and document["shapes"]
+
+
+def test_suggest_refuses_to_overwrite_a_top_image_annotation_and_writes_no_ranking(tmp_path):
+    images = write_images(tmp_path / "pool", count=3)
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    out = tmp_path / "next"
+    out.mkdir()
+    for index in range(3):  # whichever image ranks first, its labelme file is there
+        (out / f"im{index}.json").write_text("human")
+    result = runner.invoke(app, ["suggest", str(checkpoint), str(images), "--out", str(out), "--top", "1", "-q"])
+    assert result.exit_code == 1
+    assert "a labelme file is already there" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["im0.json", "im1.json", "im2.json"]
+    assert all((out / f"im{i}.json").read_text() == "human" for i in range(3))
+
+
+def test_suggest_refuses_an_out_folder_inside_the_images(tmp_path):
+    images = write_images(tmp_path / "pool", count=1)
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    result = runner.invoke(app, ["suggest", str(checkpoint), str(images), "--out", str(images / "next"), "--top", "1"])
+    assert result.exit_code == 1
+    assert "lies inside the input" in result.output
+    assert not (images / "next").exists()
