@@ -2,7 +2,7 @@
 
 import typer
 
-from pipeline import augment, compare, convert, evaluate, predict, promote, sample, serve, split, suggest, train
+from pipeline import augment, compare, convert, evaluate, export, predict, promote, sample, serve, split, suggest, train
 
 app = typer.Typer(
     help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict, compare, promote and serve.",
@@ -18,6 +18,7 @@ app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
 app.command("suggest")(suggest.main)
+app.command("export")(export.main)
 app.command("compare")(compare.main)
 app.command("promote")(promote.main)
 app.command("serve")(serve.main)

@@ -109,3 +109,18 @@ def test_suggest_refuses_an_out_folder_inside_the_images(tmp_path):
     assert result.exit_code == 1
     assert "lies inside the input" in result.output
     assert not (images / "next").exists()
+
+
+def test_export_writes_an_onnx_file_and_reports_the_measured_agreement(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    result = runner.invoke(app, ["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    assert "onnxruntime matches PyTorch within" in result.output and "2x3x32x32" in result.output
+    assert (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+def test_export_of_a_missing_checkpoint_fails_cleanly(tmp_path):
+    result = runner.invoke(app, ["export", str(tmp_path / "none.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert "checkpoint not found" in result.output
+    assert not (tmp_path / "m.onnx").exists()
