@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -103,8 +104,7 @@ def mask_to_shapes(labels: np.ndarray, classes: Sequence[str], tolerance: float 
         tolerance: Douglas-Peucker tolerance in pixels (0: every border pixel is a vertex).
         description: written into each shape's `description`.
     """
-    if tolerance < 0:
-        raise SegpipeError(f"--tolerance must be >= 0 pixels, got {tolerance}")
+    check_tolerance(tolerance)
     if labels.size and int(labels.max()) >= len(classes):
         raise SegpipeError(f"the mask has class id {int(labels.max())} but there are only {len(classes)} classes: {list(classes)}")
     outlined = []
@@ -158,10 +158,14 @@ def check_no_annotations(out_dir: Path, stems: Iterable[str]) -> None:
         )
 
 
+def check_tolerance(tolerance: float) -> None:
+    if not 0 <= tolerance < math.inf:  # also refuses NaN
+        raise SegpipeError(f"--tolerance must be >= 0 pixels, got {tolerance}")
+
+
 def check_annotatable(out_dir: Path, stems: Iterable[str], tolerance: float) -> None:
     """What `predict --labelme` checks before predicting: a valid tolerance, no labelme file in the way."""
-    if not tolerance >= 0:
-        raise SegpipeError(f"--tolerance must be >= 0 pixels, got {tolerance}")
+    check_tolerance(tolerance)
     check_no_annotations(out_dir, stems)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from segpipe.data.tiling import predict_tiled
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write, atomic_write_text, check_apart, list_images, read_image, read_image_for
-from segpipe.inference.annotate import check_no_annotations, model_identity, write_annotation
+from segpipe.inference.annotate import check_no_annotations, check_tolerance, model_identity, write_annotation
 from segpipe.inference.predictor import Predictor, class_map
 from segpipe.palette import output_mask
 
@@ -125,8 +124,7 @@ def suggest(
 def _check_suggest_args(checkpoint: Path, folder: Path, out_dir: Path, top: int, tolerance: float) -> list[Path]:
     if top < 0:
         raise SegpipeError(f"--top must be >= 0 (images to pre-annotate), got {top}")
-    if not tolerance >= 0 or math.isinf(tolerance):
-        raise SegpipeError(f"--tolerance must be >= 0 pixels, got {tolerance}")
+    check_tolerance(tolerance)
     if not folder.is_dir():
         raise SegpipeError(f"{folder}: no such folder; FOLDER is the folder of images to rank")
     if out_dir.exists() and not out_dir.is_dir():
