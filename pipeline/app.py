@@ -2,7 +2,7 @@
 
 import typer
 
-from pipeline import augment, compare, convert, evaluate, export, predict, promote, sample, serve, split, suggest, train
+from pipeline import augment, compare, convert, evaluate, export, predict, preset, promote, sample, serve, split, suggest, train
 
 app = typer.Typer(
     help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict, compare, promote and serve.",
@@ -22,6 +22,7 @@ app.command("export")(export.main)
 app.command("compare")(compare.main)
 app.command("promote")(promote.main)
 app.command("serve")(serve.main)
+app.command("preset")(preset.main)
 
 
 def main() -> None:
