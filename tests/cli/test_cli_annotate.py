@@ -42,6 +42,20 @@ def test_predict_labelme_writes_a_file_per_mask_that_convert_paints_back_into_it
         assert (painted == mask).mean() >= 0.99
 
 
+def test_predict_labelme_of_a_three_class_model_reads_its_palette_masks_back(tmp_path):
+    classes = ("background", "road", "water")
+    images = write_images(tmp_path / "data" / "images", count=2)
+    checkpoint = split_checkpoint(tmp_path / "best.pt", np.asarray(Image.open(images / "im0.png")), classes)
+    out = tmp_path / "data" / "suggested"
+    result = runner.invoke(app, ["predict", str(checkpoint), str(images), "--out", str(out), "--labelme", "--tolerance", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    for index in range(2):
+        mask = np.asarray(Image.open(out / f"im{index}.png"))  # palette PNG of class ids
+        assert len(np.unique(mask)) >= 2
+        painted = rasterize(load_annotation(out / f"im{index}.json", tmp_path / "data"), classes, ())
+        assert (painted == mask).mean() >= 0.99
+
+
 def test_predict_labelme_never_overwrites_an_annotation_and_writes_nothing(tmp_path):
     images = write_images(tmp_path / "images")
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
