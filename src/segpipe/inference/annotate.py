@@ -1,6 +1,7 @@
 """Pre-annotations: a predicted class map as a labelme JSON file that labelme opens directly.
 
-One polygon per connected region (8-connected) of each class, simplified with Douglas-Peucker
+One polygon per connected region of each class (8-connected; background 4-connected, so that a
+class's diagonal step closes its outline), simplified with Douglas-Peucker
 at a tolerance in pixels. labelme polygons have no holes, and `convert` paints shapes in file
 order, later ones on top (`segpipe.prep.labelme.rasterize`). So every region is written as its
 outer outline with its holes filled, and what lies in a hole is written after it: a hole of
