@@ -109,7 +109,7 @@ def evaluate(
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device"))
+    predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device", lease=True))
     check_classes(checkpoint, predictor.classes, classes)
     batch_size = config.batch_size
     classes = predictor.classes
