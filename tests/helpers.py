@@ -24,6 +24,7 @@ import yaml
 from PIL import Image
 
 from segpipe.config import ModelSection, Params, parse_params
+from segpipe.data.spec import LetterboxInput, spec_from_train
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.models import build_model
@@ -100,7 +101,9 @@ def tiny_checkpoint(
     torch.manual_seed(seed)
     model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
     params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
-    save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
+    # image_size as given, even below train.image_size's bound (a 4 px model for hand-worked cases).
+    spec = spec_from_train(params.train) if params.train.sampling == "patches" else LetterboxInput(image_size)
+    save_checkpoint(path, checkpoint_contents(model, spec, params.base.classes, params.model_dump(mode="json")))
     return path
 
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
+from segpipe.shapes import next_multiple
 from segpipe.models.encoders import DoubleConv, Encoder
 
 
@@ -136,8 +137,7 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         m = self.required_multiple
         if height % m or width % m:
-            # Round up: letterboxing can only pad.
-            valid = (math.ceil(height / m) * m, math.ceil(width / m) * m)
+            valid = (next_multiple(height, m), next_multiple(width, m))
             raise SegpipeError(
                 f"input size {height}x{width} (HxW) is not a multiple of {m}, which the "
                 f"{self.config.backbone} U-Net needs (its total stride); "
