@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from segpipe.config import load_params, parse_params
+from segpipe.config import Params, load_params, parse_params
 from segpipe.errors import SegpipeError
 from segpipe.training.stage import check_model_input
 from tests.helpers import REPO
@@ -145,3 +146,23 @@ def test_the_patch_size_is_only_checked_when_training_on_patches():
     check_model_input(parse_params({"train": {"patch_size": 40}}))  # letterbox: image_size 96 is checked
     with pytest.raises(SegpipeError, match=r"train\.patch_size 40 must be a multiple of 16"):
         check_model_input(parse_params({"train": {"sampling": "patches", "patch_size": 40}}))
+
+
+def leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    """Every setting of a params mapping under its flat key (mask_colors is one setting)."""
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "mask_colors":
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_the_library_defaults_are_the_values_params_yaml_gives():
+    # Each setting is defined once: a key left out of a params file means what params.yaml says.
+    shipped = leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = leaves(Params().model_dump(mode="json"))
+    assert sorted(shipped) == sorted(defaults), "params.yaml and config.py name different keys"
+    differ = {key: (defaults[key], shipped[key]) for key in defaults if defaults[key] != shipped[key]}
+    assert not differ, f"config.py default vs params.yaml: {differ}"
