@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
 def make_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
     if args.checkpoint:
         return Predictor.from_checkpoint(args.checkpoint, device)
-    model = build_model(ModelSection(backbone=args.backbone, base_channels=args.base_channels), 2)
+    model = build_model(2, **ModelSection(backbone=args.backbone, base_channels=args.base_channels).model_dump())
     return Predictor(model, ["background", "foreground"], LetterboxInput(args.image_size), device)
 
 

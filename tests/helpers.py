@@ -99,7 +99,7 @@ def tiny_checkpoint(
     """A real (random-weight) plain U-Net checkpoint with the keys training writes; `train`
     settings (e.g. sampling: patches) are recorded as a run with them would record them."""
     torch.manual_seed(seed)
-    model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
+    model = build_model(len(classes), **ModelSection(backbone="plain", base_channels=4).model_dump())
     params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
     # image_size as given, even below train.image_size's bound (a 4 px model for hand-worked cases).
     spec = spec_from_train(params.train) if params.train.sampling == "patches" else LetterboxInput(image_size)

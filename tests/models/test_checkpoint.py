@@ -141,7 +141,7 @@ def test_model_keys_are_exactly_what_checkpoint_contents_writes_without_training
 def test_a_patch_model_stores_its_input_spec_once(tmp_path: Path):
     train = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5, "image_size": 64, "patches_per_image": 3}
     params = tiny_params(train)
-    model = build_model(params.model, len(params.base.classes))
+    model = build_model(len(params.base.classes), **params.model.model_dump())
     save_checkpoint(tmp_path / "best.pt", contents_of(model, params))
     raw = load_checkpoint(tmp_path / "best.pt")
     assert raw["input"] == {"mode": "patches", "size": 16, "scale": 0.5, "per_image": 3, "class_balance": 0.33}
@@ -153,7 +153,7 @@ def test_a_patch_model_stores_its_input_spec_once(tmp_path: Path):
 def old_format_checkpoint(path: Path, train: dict, sampling: dict | None) -> Path:
     """A checkpoint as training wrote it before input specs: image_size + sampling + params."""
     params = tiny_params(train)
-    contents = contents_of(build_model(params.model, 2), params)
+    contents = contents_of(build_model(2, **params.model.model_dump()), params)
     del contents["input"]
     contents["image_size"] = train.get("patch_size", 32) if sampling else 32
     if sampling is not None:
@@ -177,7 +177,7 @@ def test_a_checkpoint_from_before_patch_training_loads_as_a_letterbox_model(tmp_
 
 def test_an_unknown_input_mode_is_refused_by_name(tmp_path: Path):
     params = tiny_params()
-    contents = contents_of(build_model(params.model, 2), params)
+    contents = contents_of(build_model(2, **params.model.model_dump()), params)
     save_checkpoint(tmp_path / "odd.pt", {**contents, "input": {"mode": "mosaic", "size": 16}})
     with pytest.raises(SegpipeError, match=r"odd\.pt: unknown input mode 'mosaic', expected letterbox or patches"):
         load_model(tmp_path / "odd.pt")

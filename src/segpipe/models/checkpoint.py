@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from segpipe.config import ModelSection
 from segpipe.data.spec import InputSpec, spec_from_dict, spec_from_old_checkpoint
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write
@@ -105,7 +104,7 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> UNet:
     """Rebuild the network described by checkpoint contents and load its weights (no pretrained download)."""
     args = dict(checkpoint["model_args"])
     num_classes = args.pop("num_classes")
-    model = build_model(ModelSection.model_validate({**args, "pretrained": "none"}), num_classes)
+    model = build_model(num_classes, **{**args, "pretrained": "none"})
     model.load_state_dict(checkpoint["model"])
     return model
 

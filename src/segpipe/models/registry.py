@@ -17,7 +17,6 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
 from segpipe.models.cbam import check_cbam_args, make_attention
 from segpipe.models.encoders import Encoder, PlainEncoder, ResNet50Encoder, VGG16Encoder
@@ -77,17 +76,28 @@ def required_multiple(backbone: str) -> int:
     return encoder.STRIDES[-1]
 
 
-def build_model(config: ModelSection, num_classes: int) -> UNet:
-    """Build the U-Net that `config` (params.yaml's `model` section) describes.
+def build_model(
+    num_classes: int,
+    *,
+    backbone: str,
+    base_channels: int,
+    cbam: bool,
+    cbam_reduction: int,
+    cbam_kernel: int,
+    pretrained: str = "none",
+) -> UNet:
+    """Build a U-Net from plain keyword arguments (params.yaml's `model` section:
+    `build_model(n, **params.model.model_dump())`).
 
     Args:
-        config: backbone (one of ``BACKBONES``), CBAM settings, the `plain` width and
-            `pretrained`: "none", "imagenet" (torchvision's file, which must already be in torch
-            hub's cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
-            checkpoint. The result of loading is logged and kept in ``model.load_report``.
         num_classes: output channels (background included).
+        backbone: one of ``BACKBONES``.
+        base_channels: the `plain` U-Net's width (vgg16/resnet50 fix their own).
+        cbam, cbam_reduction, cbam_kernel: CBAM on every skip and the bottleneck, and its settings.
+        pretrained: "none", "imagenet" (torchvision's file, which must already be in torch hub's
+            cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
+            checkpoint. The result of loading is logged and kept in ``model.load_report``.
     """
-    backbone, base_channels = config.backbone, config.base_channels
     builder = _BUILDERS.get(backbone)
     if builder is None:
         raise SegpipeError(
@@ -97,19 +107,21 @@ def build_model(config: ModelSection, num_classes: int) -> UNet:
         raise SegpipeError(f"num_classes must be at least 1, got {num_classes}")
     if base_channels < 1:
         raise SegpipeError(f"model.base_channels must be at least 1, got {base_channels}")
-    check_cbam_args(reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
+    check_cbam_args(reduction=cbam_reduction, kernel_size=cbam_kernel)
 
     encoder, decoder_channels = builder(base_channels)
     attentions = [
-        make_attention(c, enabled=config.cbam, reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
+        make_attention(c, enabled=cbam, reduction=cbam_reduction, kernel_size=cbam_kernel)
         for c in encoder.out_channels
     ]
     decoder = UNetDecoder(encoder.out_channels, encoder.strides, decoder_channels)
     model = UNet(
         encoder=encoder, attentions=attentions, decoder=decoder,
-        num_classes=num_classes, config=config,
+        num_classes=num_classes,
+        args={"backbone": backbone, "base_channels": base_channels, "cbam": cbam,
+              "cbam_reduction": cbam_reduction, "cbam_kernel": cbam_kernel},
     )
-    model.load_report = load_pretrained(model, backbone, config.pretrained)
+    model.load_report = load_pretrained(model, backbone, pretrained)
     return model
 
 

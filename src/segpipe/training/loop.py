@@ -217,7 +217,7 @@ def build_state(
     channels_last: bool = False,
 ) -> TrainState:
     """The model (checked against the spec's input size), optimizer, LR schedule and gradient scaler."""
-    model = build_model(model_cfg, num_classes)
+    model = build_model(num_classes, **model_cfg.model_dump())
     check_input(spec, model.required_multiple, model_cfg.backbone)
     model.to(runtime.device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = make_optimizer(model, cfg)

@@ -138,7 +138,7 @@ def check_model_input(params: Params) -> None:
     backbone's total stride does not divide; cheap (the model is built on the meta device:
     shapes only), so `train` calls it before any data is read."""
     with torch.device("meta"):
-        model = build_model(params.model.model_copy(update={"pretrained": "none"}), len(params.base.classes))
+        model = build_model(len(params.base.classes), **{**params.model.model_dump(), "pretrained": "none"})
     check_input(spec_from_train(params.train), model.required_multiple, params.model.backbone)
 
 
