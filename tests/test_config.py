@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from segpipe.config import Params, load_params, parse_params
 from segpipe.errors import SegpipeError
@@ -18,7 +19,7 @@ def test_shipped_params_file_loads():
 def test_yaml_lists_become_tuples_and_sections_are_frozen():
     params = parse_params({"augment": {"blur_sigma": [0.5, 1.0]}})
     assert params.augment.blur_sigma == (0.5, 1.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         params.augment.copies = 5  # type: ignore[misc]
 
 
