@@ -23,13 +23,15 @@ from torch import nn
 import yaml
 from PIL import Image
 
-from segpipe.config import ModelSection, Params, parse_params
+from segpipe.config import AugmentSection, ModelSection, Params, SplitSection, parse_params
 from segpipe.data.spec import LetterboxInput, spec_from_train
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.presets import apply_presets
 from segpipe.models import build_model
 from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+from segpipe.prep.augment import augment_dataset
+from segpipe.prep.split import write_split
 from segpipe.training.stage import TrainOutputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,3 +279,29 @@ def train_outputs_in(root: Path) -> TrainOutputs:
         history=root / "metrics" / "train_history.csv",
         plots_dir=root / "plots" / "train",
     )
+
+
+def prepare_run(root: Path, epochs: int = 3, save_period: int = 2, seed: int = 42) -> dict[str, str]:
+    """Processed data, a 4/1 split, no augmentation and tiny params (base.seed `seed`) in `root`,
+    for `python -m pipeline train` run there; returns its environment (its own MLflow database)."""
+    processed = make_processed(root / "processed", count=5)
+    # 4 train images and 1 val image: rank 1 validates nothing, and the confusion sums still work.
+    split = write_split(processed, root / "splits", SplitSection(val_fraction=0.2), seed=0)
+    assert (len(split.train), len(split.val)) == (4, 1)
+    augment_dataset(processed, root / "splits", root / "augmented", AugmentSection(enabled=False), seed=0, progress=False)
+    params = {
+        "base": {"seed": seed},
+        "model": {"backbone": "plain", "base_channels": 4},
+        "train": {
+            "image_size": 32, "epochs": epochs, "freeze_epochs": 1, "batch_size": 2, "device": "cpu",
+            "save_period": save_period,
+        },
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "DVC_ROOT": str(root),
+        "OMP_NUM_THREADS": "1",
+    }

@@ -170,10 +170,7 @@ class Tracker:
 
         def start() -> None:
             mlflow = self._connect()
-            if mlflow.get_experiment_by_name(experiment) is None:
-                # With the default SQLite store, artifacts go beside it; a server keeps its own.
-                local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
-                mlflow.create_experiment(experiment, artifact_location=local)
+            create_experiment(mlflow, experiment)
             mlflow.set_experiment(experiment)
             if run_id is not None:
                 run = mlflow.start_run(run_id=run_id)
@@ -255,6 +252,22 @@ class Tracker:
             return True
 
         return bool(self._guard("mark_killed", mark))
+
+
+def create_experiment(mlflow, name: str) -> None:
+    """Create the experiment `name` unless it exists. Parallel runs on a tracking server (which
+    takes no store lock) race to create it: the losers find it made and use it."""
+    from mlflow.exceptions import MlflowException
+
+    if mlflow.get_experiment_by_name(name) is not None:
+        return
+    # With the default SQLite store, artifacts go beside it; a server keeps its own.
+    local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
+    try:
+        mlflow.create_experiment(name, artifact_location=local)
+    except MlflowException:
+        if mlflow.get_experiment_by_name(name) is None:
+            raise
 
 
 # Seconds a tracking server gets to answer before a stage goes on without tracking.

@@ -109,7 +109,7 @@ def evaluate(
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor.from_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device"))
+    predictor = Predictor.from_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device", lease=True))
     check_classes(checkpoint, predictor.classes, classes)
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
