@@ -75,7 +75,7 @@ def train(args: argparse.Namespace, seed: int, samples: list[Sample], val: list[
 
 
 def per_image_miou(checkpoint: Path, val: list[Sample]) -> np.ndarray:
-    predictor = Predictor(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
     images = [read_image(s.image) for s in val]
     labels = predictor.class_maps(images)
     return np.array([image_scores(read_class_mask(s.mask), lab, len(CLASSES)).miou for s, lab in zip(val, labels)])
@@ -85,7 +85,7 @@ def one_seed(args: argparse.Namespace, seed: int, pools: dict[str, list[Sample]]
     """Per-image validation mIoU of the start model, the active and the random model of one seed."""
     start = train(args, seed, pools["labelled"], pools["val"], work / f"s{seed}-start")
     by_image = {s.image: s for s in pools["unlabelled"]}
-    ranking = rank_folder(Predictor(start), list(by_image), progress=False)
+    ranking = rank_folder(Predictor.from_checkpoint(start), list(by_image), progress=False)
     active = [by_image[row.image] for row in ranking[: args.top]]
     rng = np.random.default_rng(seed)
     random = [pools["unlabelled"][i] for i in rng.choice(len(pools["unlabelled"]), args.top, replace=False)]
@@ -112,7 +112,7 @@ def split_pools(args: argparse.Namespace, processed: Path) -> dict[str, list[Sam
 def measure_onnx(checkpoint: Path, processed: Path, work: Path) -> None:
     report = export_onnx(checkpoint, work / "model.onnx")
     images = [read_image(p) for p in sorted((processed / "images").iterdir())]
-    torch_masks = Predictor(checkpoint).class_maps(images)
+    torch_masks = Predictor.from_checkpoint(checkpoint).class_maps(images)
     onnx_masks = onnx_class_maps(work / "model.onnx", images)
     differing = sum(int((a != b).sum()) for a, b in zip(torch_masks, onnx_masks))
     total = sum(m.size for m in torch_masks)

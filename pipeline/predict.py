@@ -20,7 +20,9 @@ def main(
         typer.Option(help="Predict in overlapping SIZE x SIZE windows (large images); default: the model's own "
                      "windows if it was trained on patches, else whole images."),
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.25,
+    overlap: Annotated[
+        float | None, typer.Option(help="Fraction of a tile shared with its neighbour; default: the library's (0.25).")
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 rotations and flips.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images, or tiles of one image, per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
@@ -41,7 +43,8 @@ def main(
 
         images = resolve_inputs(inputs)
         check_annotatable(out, [path.stem for path in images], tolerance)
-    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size)
+    chosen = {"overlap": overlap} if overlap is not None else {}  # else the one default, PredictOptions'
+    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, tta=tta, batch_size=batch_size, **chosen)
     report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device, "--device"), progress=not quiet)
     for message in report.failed:
         typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)

@@ -41,7 +41,8 @@ def test_the_metadata_names_classes_normalisation_and_stride(tmp_path):
     assert json.loads(meta["classes"]) == ["background", "road", "water"]
     assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406]
     assert json.loads(meta["std"]) == [0.229, 0.224, 0.225]
-    assert meta["stride"] == "16" and meta["image_size"] == "32" and meta["sampling"] == "letterbox"
+    assert meta["stride"] == "16" and meta["image_size"] == "32"
+    assert json.loads(meta["input_spec"]) == {"mode": "letterbox", "size": 32}
     assert meta["source"].startswith("best.pt sha256:")
     dims = runner.get_inputs()[0].shape
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
@@ -52,7 +53,7 @@ def test_onnx_masks_equal_predicts_masks_on_sample_images(tmp_path):
     images = [read_image(p) for p in sorted((tmp_path / "sample").glob("*.jpg"))]
     checkpoint = split_checkpoint(tmp_path / "best.pt", images[0])
     export_onnx(checkpoint, tmp_path / "model.onnx")
-    torch_masks = Predictor(checkpoint).class_maps(images)
+    torch_masks = Predictor.from_checkpoint(checkpoint).class_maps(images)
     onnx_masks = onnx_class_maps(tmp_path / "model.onnx", images)
     assert any(0.05 < m.mean() < 0.95 for m in torch_masks)  # masks with something to disagree on
     differing = sum(int((a != b).sum()) for a, b in zip(torch_masks, onnx_masks))

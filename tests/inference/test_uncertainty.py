@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from segpipe.data.spec import LetterboxInput
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.uncertainty import mean_entropy, rank_folder, rank_scores
 
@@ -47,7 +48,7 @@ def test_images_are_ranked_by_the_hand_computed_entropy_of_their_probabilities(t
         Image.fromarray(image).save(tmp_path / f"{name}.png")
         paths.append(tmp_path / f"{name}.png")
     # 24 x 32 into a 32 canvas: no resizing, only padding, which the restored probabilities drop.
-    predictor = Predictor.from_model(RedLogit(), ["background", "lesion"], image_size=32)
+    predictor = Predictor(RedLogit(), ["background", "lesion"], LetterboxInput(32))
     ranking = rank_folder(predictor, paths, batch_size=2, progress=False)
     expected = sorted(reds, key=lambda name: -hand_entropy(reds[name]))
     assert [row.image.stem for row in ranking] == expected == ["b", "d", "e", "c", "a"]

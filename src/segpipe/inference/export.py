@@ -4,7 +4,8 @@ The graph takes `image`, a float32 (B, 3, H, W) batch of RGB images normalised a
 them ((x / 255 - mean) / std, ImageNet's mean and std), and returns `probs`, the (B, C, H, W)
 softmax probabilities; batch, height and width are dynamic, H and W multiples of the model's
 stride. Its metadata_props carry all a consumer needs: class names, mean, std, stride, the input
-size and how it was sampled (letterbox or patches), and which checkpoint it came from.
+size and its input spec (whole letterboxed images, or patches at a scale: `data.spec`), and which
+checkpoint it came from.
 
 The file is exported with PyTorch's TorchScript exporter (`dynamo=False`: no onnxscript needed,
 and a U-Net of convolutions, upsampling and concatenation is what it handles well), then checked
@@ -81,16 +82,15 @@ def export_onnx(checkpoint: Path, out: Path, format: str = "onnx", tolerance: fl
         "input": "image: float32 (B, 3, H, W) RGB, (x / 255 - mean) / std; H, W multiples of stride",
         "output": "probs: float32 (B, C, H, W) softmax probabilities, C = len(classes)",
         "stride": str(stride),
-        "image_size": str(loaded.image_size),
-        "sampling": loaded.sampling,
-        "patch_scale": str(loaded.patch_scale),
+        "image_size": str(loaded.spec.size),
+        "input_spec": json.dumps(loaded.spec.to_dict()),
         "source": model_identity(checkpoint),
     }
-    shapes = check_shapes(loaded.image_size, stride)
+    shapes = check_shapes(loaded.spec.size, stride)
     result: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
-        _export(wrapped, tmp, loaded.image_size, checkpoint)
+        _export(wrapped, tmp, loaded.spec.size, checkpoint)
         _add_metadata(tmp, metadata)
         result["diff"] = compare_with_torch(tmp, wrapped, shapes)
         if not result["diff"] <= tolerance:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segpipe.data.tiling import predict_tiled
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write, atomic_write_text, check_apart, list_images, read_image, read_image_for
 from segpipe.inference.annotate import check_no_annotations, check_tolerance, model_identity, write_annotation
@@ -68,7 +67,7 @@ def image_probs(predictor: Predictor, paths: Sequence[Path], batch_size: int = 8
     if predictor.tiling is not None:
         for path in paths:
             image = read_image(path)
-            yield path, image, predict_tiled(predictor.predict_batch, image, predictor.tiling, keep_probs=True)[1]
+            yield path, image, predictor.predict_image(image, predictor.tiling, keep_probs=True)[1]
         return
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -106,7 +105,7 @@ def suggest(
     """
     folder, out_dir = Path(folder), Path(out_dir)
     images = _check_suggest_args(checkpoint, folder, out_dir, top, tolerance)
-    predictor = Predictor(checkpoint, device)
+    predictor = Predictor.from_checkpoint(checkpoint, device)
     ranking = rank_folder(predictor, images, batch_size, progress)
     chosen = [row.image for row in ranking[:top]]
     check_no_annotations(out_dir, [path.stem for path in chosen])

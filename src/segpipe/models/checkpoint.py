@@ -11,14 +11,14 @@ run code hidden in a file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from segpipe.config import ModelSection, Params
+from segpipe.data.spec import InputSpec, spec_from_dict, spec_from_old_checkpoint
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write
 from segpipe.models.registry import build_model
@@ -27,8 +27,7 @@ from segpipe.models.unet import UNet
 FORMAT_VERSION = 1
 # What `checkpoint_contents` writes about the model; everything else in a checkpoint is the state
 # only a resume needs (optimizer, scheduler, scaler, RNG, history).
-MODEL_KEYS = ("format", "model", "model_args", "classes", "image_size", "sampling", "params")
-SAMPLING_MODES = ("letterbox", "patches")
+MODEL_KEYS = ("format", "model", "model_args", "classes", "input", "params")
 
 
 @dataclass(frozen=True)
@@ -37,29 +36,38 @@ class LoadedModel:
 
     model: UNet
     classes: tuple[str, ...]
-    image_size: int  # the square side it was trained at: letterbox canvas, or patch side
+    spec: InputSpec  # how it is fed: whole letterboxed images, or patches at a scale
     params: dict[str, Any]  # every setting it was trained with (params.yaml as JSON)
-    sampling: str = "letterbox"  # letterbox | patches (train.sampling)
-    patch_scale: float = 1.0  # patches only: the scale of native resolution it was trained at
+
+    @property
+    def image_size(self) -> int:
+        """The square side the model is fed: the letterbox canvas, or the patch side."""
+        return self.spec.size
 
 
-def checkpoint_contents(model: UNet, params: Params, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint of `model` trained with `params`.
+def checkpoint_contents(
+    model: UNet,
+    spec: InputSpec,
+    classes: Sequence[str],
+    params: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of `model`.
 
     Args:
+        spec: how the model is fed (`data.spec.spec_from_train`), stored once under "input".
+        classes: base.classes.
+        params: every setting it was trained with, as JSON (`Params.model_dump(mode="json")`).
         training: the state a resume needs (epoch, optimizer, scheduler, RNG, history); None for a
             checkpoint that is only for prediction.
     """
-    cfg = params.train
     return {
         "format": FORMAT_VERSION,
         "model": model.state_dict(),
         "model_args": model.model_args(),
-        "classes": list(params.base.classes),
-        "image_size": cfg.input_size,
-        # Absent from checkpoints written before patch training: those are letterbox models.
-        "sampling": {"mode": cfg.sampling, "patch_size": cfg.patch_size, "patch_scale": cfg.patch_scale},
-        "params": params.model_dump(mode="json"),
+        "classes": list(classes),
+        "input": spec.to_dict(),
+        "params": dict(params),
         **(training or {}),
     }
 
@@ -96,22 +104,28 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> UNet:
     """Rebuild the network described by checkpoint contents and load its weights (no pretrained download)."""
     args = dict(checkpoint["model_args"])
     num_classes = args.pop("num_classes")
-    model = build_model(ModelSection.model_validate({**args, "pretrained": "none"}), num_classes)
+    model = build_model(num_classes, **{**args, "pretrained": "none"})
     model.load_state_dict(checkpoint["model"])
     return model
 
 
+def checkpoint_spec(checkpoint: Mapping[str, Any], path: Path) -> InputSpec:
+    """The input spec of checkpoint contents; checkpoints written before specs (image_size +
+    sampling + params) are mapped to one. Errors name the file."""
+    try:
+        if "input" in checkpoint:
+            return spec_from_dict(checkpoint["input"])
+        return spec_from_old_checkpoint(checkpoint)
+    except (KeyError, ValueError) as exc:
+        raise SegpipeError(f"{path}: {exc}; re-train the model or re-save the checkpoint") from None
+
+
 def load_model(path: Path) -> LoadedModel:
-    """The model in a checkpoint file (on the CPU), its class names, input size and sampling."""
+    """The model in a checkpoint file (on the CPU), its class names, input spec and params."""
     checkpoint = load_checkpoint(path, map_location="cpu")
-    sampling = checkpoint.get("sampling", {"mode": "letterbox", "patch_scale": 1.0})
-    if sampling.get("mode") not in SAMPLING_MODES:
-        raise SegpipeError(f"{path}: unknown sampling {sampling.get('mode')!r}, expected one of {', '.join(SAMPLING_MODES)}")
     return LoadedModel(
         model=model_from_checkpoint(checkpoint),
         classes=tuple(checkpoint["classes"]),
-        image_size=int(checkpoint["image_size"]),
+        spec=checkpoint_spec(checkpoint, Path(path)),
         params=dict(checkpoint.get("params", {})),
-        sampling=str(sampling["mode"]),
-        patch_scale=float(sampling["patch_scale"]),
     )
