@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segpipe.data.spec import LetterboxInput
+from segpipe.data.spec import LetterboxInput, PatchInput
 from segpipe.inference.predictor import Predictor
 from segpipe.inference.uncertainty import mean_entropy, rank_folder, rank_scores
 
@@ -39,14 +39,21 @@ def test_uniform_over_four_classes_is_ln_4():
     assert mean_entropy(torch.full((4, 3, 5), 0.25)) == pytest.approx(math.log(4), abs=1e-6)
 
 
-def test_images_are_ranked_by_the_hand_computed_entropy_of_their_probabilities(tmp_path):
-    reds = {"a": 250, "b": 124, "c": 10, "d": 140, "e": 60}  # 124 is near the mean: most uncertain
+REDS = {"a": 250, "b": 124, "c": 10, "d": 140, "e": 60}  # 124 is near the mean: most uncertain
+
+
+def uniform_images(folder, size) -> list:
     paths = []
-    for name, red in reds.items():
-        image = np.zeros((24, 32, 3), np.uint8)
+    for name, red in REDS.items():
+        image = np.zeros((*size, 3), np.uint8)
         image[..., 0] = red
-        Image.fromarray(image).save(tmp_path / f"{name}.png")
-        paths.append(tmp_path / f"{name}.png")
+        Image.fromarray(image).save(folder / f"{name}.png")
+        paths.append(folder / f"{name}.png")
+    return paths
+
+
+def test_images_are_ranked_by_the_hand_computed_entropy_of_their_probabilities(tmp_path):
+    reds, paths = REDS, uniform_images(tmp_path, (24, 32))
     # 24 x 32 into a 32 canvas: no resizing, only padding, which the restored probabilities drop.
     predictor = Predictor(RedLogit(), ["background", "lesion"], LetterboxInput(32))
     ranking = rank_folder(predictor, paths, batch_size=2, progress=False)
@@ -55,6 +62,17 @@ def test_images_are_ranked_by_the_hand_computed_entropy_of_their_probabilities(t
     assert [row.rank for row in ranking] == [1, 2, 3, 4, 5]
     for row in ranking:
         assert row.score == pytest.approx(hand_entropy(reds[row.image.stem]), abs=1e-5)
+
+
+def test_a_patch_model_is_scored_on_its_own_blended_windows(tmp_path):
+    # 40 x 52 images in 16 px windows: many blended windows, each uniform, so the hand value holds.
+    paths = uniform_images(tmp_path, (40, 52))
+    predictor = Predictor(RedLogit(), ["background", "lesion"], PatchInput(16, 1.0))
+    assert predictor.tiling is not None
+    ranking = rank_folder(predictor, paths, progress=False)
+    assert [row.image.stem for row in ranking] == ["b", "d", "e", "c", "a"]
+    for row in ranking:
+        assert row.score == pytest.approx(hand_entropy(REDS[row.image.stem]), abs=1e-5)
 
 
 def test_equal_scores_keep_file_name_order(tmp_path):
