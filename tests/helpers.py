@@ -24,11 +24,12 @@ import yaml
 from PIL import Image
 
 from segpipe.config import AugmentSection, ModelSection, Params, SplitSection, parse_params
+from segpipe.data.spec import LetterboxInput, spec_from_train
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.presets import apply_presets
 from segpipe.models import build_model
-from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+from segpipe.models.checkpoint import checkpoint_contents, load_checkpoint, save_checkpoint
 from segpipe.prep.augment import augment_dataset
 from segpipe.prep.split import write_split
 from segpipe.training.stage import TrainOutputs
@@ -101,9 +102,24 @@ def tiny_checkpoint(
     """A real (random-weight) plain U-Net checkpoint with the keys training writes; `train`
     settings (e.g. sampling: patches) are recorded as a run with them would record them."""
     torch.manual_seed(seed)
-    model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
+    model = build_model(len(classes), **ModelSection(backbone="plain", base_channels=4).model_dump())
     params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
-    save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
+    # image_size as given, even below train.image_size's bound (a 4 px model for hand-worked cases).
+    spec = spec_from_train(params.train) if params.train.sampling == "patches" else LetterboxInput(image_size)
+    save_checkpoint(path, checkpoint_contents(model, spec, params.base.classes, params.model_dump(mode="json")))
+    return path
+
+
+def split_checkpoint(path: Path, image: np.ndarray, classes=CLASSES) -> Path:
+    """A tiny random checkpoint whose head is shifted so that about half of `image` is lesion:
+    masks with several regions and holes to outline, not all background."""
+    from segpipe.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(path, classes, seed=1))
+    probs = predictor.predict_probs(image)
+    with torch.no_grad():
+        predictor.model.head.bias[1] -= torch.log(probs[1] / probs[0]).median()
+    save_checkpoint(path, {**load_checkpoint(path), "model": predictor.model.state_dict()})
     return path
 
 

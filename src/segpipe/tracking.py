@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segpipe.config import Params
+from segpipe.project import project_root  # re-exported: tracking.project_root
 
 try:
     import fcntl
@@ -39,26 +40,6 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # Where the evaluate stage puts its per-image scores in the training run (read by `compare`).
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The project's root: DVC_ROOT (outside DVC's temporary experiment copies), else git's, else cwd."""
-    start = Path(start or Path.cwd()).resolve()
-    root = Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else None
-    if root is None:
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
-            )
-            root = Path(out.stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            root = start
-    # A temp or queued experiment runs in <project>/.dvc/tmp/exps/<run>/...: log to <project>.
-    parts = root.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def tracking_uri(root: Path | None = None) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segpipe.config import EvaluateSection, ModelSection
+from segpipe.config import EvaluateSection
 from segpipe.errors import SegpipeError
 from segpipe.evaluation.evaluate import EvalOutputs, evaluate
 from segpipe.inference.prediction import predict_paths
@@ -57,7 +57,7 @@ def weights_of(model_args: dict):
     def edit(checkpoint) -> None:
         args = {**checkpoint["model_args"], **model_args}
         num_classes = args.pop("num_classes")
-        checkpoint["model"] = build_model(ModelSection.model_validate(args), num_classes).state_dict()
+        checkpoint["model"] = build_model(num_classes, **args).state_dict()
 
     return edit
 
@@ -74,12 +74,12 @@ def three_class_names(checkpoint) -> None:
     checkpoint["classes"] = ["background", "lesion", "hair"]
 
 
-def no_image_size(checkpoint) -> None:
-    del checkpoint["image_size"]
+def no_input_size(checkpoint) -> None:
+    del checkpoint["input"]  # then read as a checkpoint from before input specs, without image_size
 
 
-def sampling_without_scale(checkpoint) -> None:
-    checkpoint["sampling"] = {"mode": "patches"}
+def input_not_a_mapping(checkpoint) -> None:
+    checkpoint["input"] = [32]
 
 
 FAULTS = {
@@ -89,9 +89,9 @@ FAULTS = {
     "cbam weights": (weights_of({"cbam": True}), r"the weights do not fit .*cbam False\): Unexpected key"),
     "vgg16 weights": (weights_of({"backbone": "vgg16"}), r"the weights do not fit .*backbone 'plain'"),
     "no classes": (without_classes, r"the checkpoint has no list of class names \(`classes`: None\)"),
-    "non-integer width": (non_integer_width, r"bad model_args \(base_channels: Input should be a valid integer .*got 4\.5\)"),
-    "no image_size": (no_image_size, r"the checkpoint's image_size or sampling entry is missing or malformed \(KeyError: 'image_size'\)"),
-    "sampling without patch_scale": (sampling_without_scale, r"the checkpoint's image_size or sampling entry is missing or malformed \(KeyError: 'patch_scale'\)"),
+    "non-integer width": (non_integer_width, r"bad model_args \(base_channels: 4\.5 is not int\)"),
+    "no input size": (no_input_size, r"its input size entry \(input, or image_size and sampling\) is missing or malformed \(KeyError: 'image_size'\)"),
+    "input not a mapping": (input_not_a_mapping, r"its input size entry .* is missing or malformed \(TypeError"),
     "classes and num_classes disagree": (three_class_names, r"model_args num_classes 2 does not match its 3 class names \['background', 'lesion', 'hair'\]"),
 }
 
@@ -112,7 +112,7 @@ def test_nan_weights_are_refused_also_where_training_resumes(tmp_path: Path):
     path = edited(tiny_checkpoint(tmp_path / "last.pt"), poison(float("nan")))
     with pytest.raises(SegpipeError, match=rf"{re.escape(str(path))}: the weights hold NaN"):
         load_checkpoint(path)
-    assert Predictor(tiny_checkpoint(tmp_path / "good.pt")).classes == ["background", "lesion"]  # a finite one loads
+    assert Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "good.pt")).classes == ["background", "lesion"]  # a finite one loads
 
 
 def test_a_full_checkpoint_folder_is_named_with_torchs_own_write_error(tmp_path: Path, monkeypatch):

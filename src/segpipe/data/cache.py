@@ -57,7 +57,7 @@ from segpipe.data.letterbox import Letterbox, resize_image, resize_mask
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write, read_class_mask, read_image_for
 from segpipe.layout import Sample
-from segpipe.tracking import project_root
+from segpipe.project import project_root
 
 log = logging.getLogger(__name__)
 

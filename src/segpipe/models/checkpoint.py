@@ -11,15 +11,14 @@ run code hidden in a file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
-from segpipe.config import ModelSection, Params
+from segpipe.data.spec import InputSpec, spec_from_dict, spec_from_old_checkpoint
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write
 from segpipe.models.registry import build_model
@@ -28,8 +27,9 @@ from segpipe.models.unet import UNet
 FORMAT_VERSION = 1
 # What `checkpoint_contents` writes about the model; everything else in a checkpoint is the state
 # only a resume needs (optimizer, scheduler, scaler, RNG, history).
-MODEL_KEYS = ("format", "model", "model_args", "classes", "image_size", "sampling", "params")
-SAMPLING_MODES = ("letterbox", "patches")
+# model_args besides num_classes: `build_model`'s keyword arguments and their types.
+MODEL_ARG_TYPES = {"backbone": str, "base_channels": int, "cbam": bool, "cbam_reduction": int, "cbam_kernel": int, "pretrained": str}
+MODEL_KEYS = ("format", "model", "model_args", "classes", "input", "params")
 
 
 @dataclass(frozen=True)
@@ -38,29 +38,38 @@ class LoadedModel:
 
     model: UNet
     classes: tuple[str, ...]
-    image_size: int  # the square side it was trained at: letterbox canvas, or patch side
+    spec: InputSpec  # how it is fed: whole letterboxed images, or patches at a scale
     params: dict[str, Any]  # every setting it was trained with (params.yaml as JSON)
-    sampling: str = "letterbox"  # letterbox | patches (train.sampling)
-    patch_scale: float = 1.0  # patches only: the scale of native resolution it was trained at
+
+    @property
+    def image_size(self) -> int:
+        """The square side the model is fed: the letterbox canvas, or the patch side."""
+        return self.spec.size
 
 
-def checkpoint_contents(model: UNet, params: Params, training: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint of `model` trained with `params`.
+def checkpoint_contents(
+    model: UNet,
+    spec: InputSpec,
+    classes: Sequence[str],
+    params: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of `model`.
 
     Args:
+        spec: how the model is fed (`data.spec.spec_from_train`), stored once under "input".
+        classes: base.classes.
+        params: every setting it was trained with, as JSON (`Params.model_dump(mode="json")`).
         training: the state a resume needs (epoch, optimizer, scheduler, RNG, history); None for a
             checkpoint that is only for prediction.
     """
-    cfg = params.train
     return {
         "format": FORMAT_VERSION,
         "model": model.state_dict(),
         "model_args": model.model_args(),
-        "classes": list(params.base.classes),
-        "image_size": cfg.input_size,
-        # Absent from checkpoints written before patch training: those are letterbox models.
-        "sampling": {"mode": cfg.sampling, "patch_size": cfg.patch_size, "patch_scale": cfg.patch_scale},
-        "params": params.model_dump(mode="json"),
+        "classes": list(classes),
+        "input": spec.to_dict(),
+        "params": dict(params),
         **(training or {}),
     }
 
@@ -132,7 +141,7 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> UNet:
     """Rebuild the network described by checkpoint contents and load its weights (no pretrained download)."""
     args = dict(checkpoint["model_args"])
     num_classes = args.pop("num_classes")
-    model = build_model(ModelSection.model_validate({**args, "pretrained": "none"}), num_classes)
+    model = build_model(num_classes, **{**args, "pretrained": "none"})
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -148,11 +157,14 @@ def checked_model(path: Path, checkpoint: Mapping[str, Any]) -> tuple[UNet, tupl
         given = args.get("num_classes") if isinstance(args, dict) else args
         raise SegpipeError(f"{path}: model_args num_classes {given!r} does not match its {len(classes)} class names "
                            f"{classes}; the checkpoint is inconsistent: train again")
+    wrong = [f"{key}: {args[key]!r} is not {kind.__name__}" for key, kind in MODEL_ARG_TYPES.items()
+             if key in args and type(args[key]) is not kind]
+    wrong += [f"{key}: missing" for key in MODEL_ARG_TYPES if key not in args and key != "pretrained"]
+    wrong += [f"{key}: unknown" for key in args if key not in MODEL_ARG_TYPES and key != "num_classes"]
+    if wrong:
+        raise SegpipeError(f"{path}: bad model_args ({'; '.join(wrong)}); the checkpoint was edited or is damaged: train again")
     try:
         return model_from_checkpoint(checkpoint), tuple(classes)
-    except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e['input']!r})" for e in exc.errors())
-        raise SegpipeError(f"{path}: bad model_args ({fields}); the checkpoint was edited or is damaged: train again") from None
     except SegpipeError as exc:  # e.g. an unknown backbone
         raise SegpipeError(f"{path}: {exc}") from None
     except RuntimeError as exc:  # load_state_dict: missing, unexpected or mis-shaped tensors
@@ -171,23 +183,27 @@ def _first_problem(exc: RuntimeError) -> str:
     return line if len(line) <= 200 else line[:200] + " ..."
 
 
-def load_model(path: Path) -> LoadedModel:
-    """The model in a checkpoint file (on the CPU), its class names, input size and sampling."""
-    checkpoint = load_checkpoint(path, map_location="cpu")
-    sampling = checkpoint.get("sampling", {"mode": "letterbox", "patch_scale": 1.0})
-    if not isinstance(sampling, dict) or sampling.get("mode") not in SAMPLING_MODES:
-        shown = sampling.get("mode") if isinstance(sampling, dict) else sampling
-        raise SegpipeError(f"{path}: unknown sampling {shown!r}, expected one of {', '.join(SAMPLING_MODES)}")
-    model, classes = checked_model(path, checkpoint)
+def checkpoint_spec(checkpoint: Mapping[str, Any], path: Path) -> InputSpec:
+    """The input spec of checkpoint contents; checkpoints written before specs (image_size +
+    sampling + params) are mapped to one. Errors name the file."""
     try:
-        return LoadedModel(
-            model=model,
-            classes=classes,
-            image_size=int(checkpoint["image_size"]),
-            params=dict(checkpoint.get("params", {})),
-            sampling=str(sampling["mode"]),
-            patch_scale=float(sampling["patch_scale"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:  # a missing or malformed input-size entry
-        raise SegpipeError(f"{path}: the checkpoint's image_size or sampling entry is missing or malformed "
-                           f"({type(exc).__name__}: {exc}); it was edited or is damaged: train again") from None
+        if "input" in checkpoint:
+            return spec_from_dict(checkpoint["input"])
+        return spec_from_old_checkpoint(checkpoint)
+    except (KeyError, TypeError, AttributeError) as exc:  # an entry missing or of the wrong type
+        raise SegpipeError(f"{path}: its input size entry (input, or image_size and sampling) is missing or "
+                           f"malformed ({type(exc).__name__}: {exc}); re-train the model or re-save the checkpoint") from None
+    except (ValueError, SegpipeError) as exc:
+        raise SegpipeError(f"{path}: {exc}; re-train the model or re-save the checkpoint") from None
+
+
+def load_model(path: Path) -> LoadedModel:
+    """The model in a checkpoint file (on the CPU), its class names, input spec and params."""
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    model, classes = checked_model(path, checkpoint)
+    return LoadedModel(
+        model=model,
+        classes=classes,
+        spec=checkpoint_spec(checkpoint, Path(path)),
+        params=dict(checkpoint.get("params", {})),
+    )
