@@ -38,7 +38,7 @@ def test_cuda_trains_in_bf16_with_channels_last_the_decoded_cache_and_online_aug
 
 def test_channels_last_gives_the_contiguous_forward_pass_on_cuda():
     torch.manual_seed(0)
-    model = build_model(tiny_params().model, 2).to(CUDA).eval()
+    model = build_model(2, **tiny_params().model.model_dump()).to(CUDA).eval()
     images = torch.randn(2, 3, 32, 32, device=CUDA)
     with torch.no_grad():
         plain = model(images)
@@ -63,8 +63,8 @@ def test_device_batches_and_augmentation_on_cuda_are_the_cpus():
 def test_predict_and_serve_on_cuda_agree_with_the_cpu(tmp_path: Path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
     image = random_image(40, 56, seed=3)
-    on_cpu = Predictor(checkpoint, torch.device("cpu")).class_maps([image])[0]
-    on_cuda = Predictor(checkpoint, CUDA).class_maps([image])[0]
+    on_cpu = Predictor.from_checkpoint(checkpoint, torch.device("cpu")).class_maps([image])[0]
+    on_cuda = Predictor.from_checkpoint(checkpoint, CUDA).class_maps([image])[0]
     assert on_cuda.shape == (40, 56)
     assert (on_cuda == on_cpu).mean() > 0.99  # float rounding may flip a tie or two
     served = ModelService(checkpoint, CUDA).predict(png_bytes(image), "photo.png")

@@ -27,7 +27,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,27 +114,19 @@ def evaluate(
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device"))
+    predictor = Predictor.from_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device", lease=True))
     check_classes(checkpoint, predictor.classes, classes)
-    batch_size = config.batch_size
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
     results: list[ImageResult] = []
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True) as bar:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
-            pairs = [load_pair(sample, fit=predictor.canvas) for sample in chunk]
-            label_maps = predictor.class_maps(
-                [image for image, _ in pairs], batch_size, full_sizes=[mask.shape for _, mask in pairs]
-            )
-            for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
-                try:
-                    matrix.update(mask, labels)
-                except SegpipeError as exc:  # the message names the bad value; add the file
-                    raise SegpipeError(f"{sample.mask}: {exc}") from None
-                results.append(score_image(sample.id, mask, labels, classes, config.surface_tolerance))
-            bar.update(len(chunk))
+        for sample, mask, labels in scored_labels(predictor, samples, config.batch_size):
+            try:
+                matrix.update(mask, labels)
+            except SegpipeError as exc:  # the message names the bad value; add the file
+                raise SegpipeError(f"{sample.mask}: {exc}") from None
+            results.append(score_image(sample.id, mask, labels, classes, config.surface_tolerance))
+            bar.update()
     scores = matrix.compute()
     report = make_report(scores, results, classes, config.surface_tolerance)
     # allow_nan=False: a NaN that slipped past as_dict fails here instead of writing invalid JSON.
@@ -146,6 +138,20 @@ def evaluate(
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
     return report
+
+
+def scored_labels(
+    predictor: Predictor, samples: Sequence[Sample], batch_size: int
+) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
+    """(sample, its (H, W) mask, the predicted (H, W) uint8 labels) of each sample: what is scored,
+    `batch_size` images read and predicted at a time."""
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
+        pairs = [load_pair(sample, fit=predictor.canvas) for sample in chunk]
+        label_maps = predictor.class_maps([image for image, _ in pairs], full_sizes=[mask.shape for _, mask in pairs])
+        for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
+            yield sample, mask, labels
 
 
 def score_image(image_id: str, mask: np.ndarray, labels: np.ndarray, classes: Sequence[str], tolerance: float) -> ImageResult:
