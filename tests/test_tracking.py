@@ -12,6 +12,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from segpipe.models.checkpoint import MODEL_KEYS
@@ -19,7 +20,7 @@ from segpipe.training import stage as run_module
 from segpipe import tracking
 from segpipe.config import load_params
 from segpipe.training.stage import train_stage
-from tests.helpers import Interrupt, tiny_params, tiny_samples, train_outputs_in, use_tmp_mlflow
+from tests.helpers import REPO, Interrupt, tiny_params, tiny_samples, train_outputs_in, use_tmp_mlflow
 
 EXPERIMENT = "tiny-experiment"
 
@@ -141,7 +142,8 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
         report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     assert report.info["epochs"] == 1 and report.run_id is None
     assert outputs.metrics.exists() and (outputs.models_dir / "best.pt").exists()
-    assert not (outputs.models_dir / tracking.RUN_ID_FILE).exists()
+    # Empty but present: evaluate depends on it in dvc.yaml, and no later resume reopens an old run.
+    assert (outputs.models_dir / tracking.RUN_ID_FILE).read_text() == "\n"
     assert mlflow.active_run() is None
 
 
@@ -247,3 +249,18 @@ def test_the_ui_command_and_the_model_training_view_url(tmp_path: Path):
     assert tracking.training_view_url("http://host:5050/", "7") == (
         "http://host:5050/#/experiments/7?workflowType=machine_learning"
     )
+
+
+def test_evaluate_depends_on_the_run_id_file_that_each_training_run_rewrites(tmp_path: Path, mlflow_env):
+    """DVC skips evaluate when its deps are unchanged; best.pt alone can be reproduced to the byte,
+    which left the new MLflow run without its evaluation. The run id file changes with every run."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    train_outs = {out if isinstance(out, str) else next(iter(out)) for out in stages["train"]["outs"]}
+    assert "models" in train_outs and f"models/{tracking.RUN_ID_FILE}" in stages["evaluate"]["deps"]
+    samples = tiny_samples(tmp_path / "processed")
+    outputs = train_outputs_in(tmp_path)
+    ids = []
+    for _ in range(2):
+        train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
+        ids.append((outputs.models_dir / tracking.RUN_ID_FILE).read_text().strip())
+    assert ids[0] != ids[1] and all(len(i) == 32 for i in ids)

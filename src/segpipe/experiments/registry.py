@@ -47,14 +47,15 @@ def publish_model(models_dir: Path, model_name: str) -> str | None:
     """
     run_id_file = models_dir / tracking.RUN_ID_FILE
     checkpoint = models_dir / CHECKPOINT_FILE
-    if not run_id_file.is_file() or not checkpoint.is_file():
-        return None  # tracking was off or training wrote no model: nothing to publish
+    run_id = run_id_file.read_text().strip() if run_id_file.is_file() else ""
+    if not run_id or not checkpoint.is_file():
+        return None  # tracking was off (no or an empty run id file) or training wrote no model: nothing to publish
     uri = tracking.tracking_uri()
     if not tracking.server_answers(uri):  # MLflow would retry a dead server for minutes
         return None
     try:
         with tracking.store_lock(uri):
-            return register_checkpoint(checkpoint, run_id_file.read_text().strip(), model_name, uri)
+            return register_checkpoint(checkpoint, run_id, model_name, uri)
     except Exception as exc:  # MLflow failures must never fail the training stage
         warnings.warn(f"publishing the model to MLflow failed; the checkpoints are unaffected: {exc}", stacklevel=2)
         return None
