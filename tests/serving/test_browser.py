@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,7 +62,8 @@ def page(tmp_path_factory):
             tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
             tab.goto(url)
             tab.wait_for_selector("#model-info:has-text('classes')")
-            yield {"page": tab, "root": root, "checkpoint": checkpoint, "console_errors": console_errors}
+            yield {"page": tab, "root": root, "checkpoint": checkpoint, "console_errors": console_errors,
+                   "context": context, "url": url}
         finally:
             browser.close()
 
@@ -74,6 +76,28 @@ def predicted(env, path, **options) -> bytes:
 
 def wait_for_result(page) -> None:
     page.wait_for_selector("#stage[data-state='done'] #layer:not([hidden])", timeout=60_000)
+
+
+def screenshot(tab, env, name: str) -> None:
+    """Save the page as PNG for a person to look at: under $SEGPIPE_SCREENSHOTS when set, else
+    the test's temporary folder."""
+    folder = Path(os.environ.get("SEGPIPE_SCREENSHOTS") or env["root"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(folder / f"{name}.png"))
+
+
+def test_an_empty_page_shows_the_placeholder_and_no_broken_image(page):
+    tab = page["context"].new_page()
+    try:
+        tab.goto(page["url"])
+        tab.wait_for_selector("#model-info:has-text('classes')")
+        screenshot(tab, page, "empty-page")
+        assert tab.is_visible("#placeholder")
+        # `#photo { display: block }` once beat `hidden`: a broken-image icon with its alt text.
+        assert not tab.is_visible("#photo") and not tab.is_visible("#layer")
+        assert tab.eval_on_selector("#frame", "frame => frame.getBoundingClientRect().height") == 0
+    finally:
+        tab.close()
 
 
 def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(page):
@@ -116,6 +140,25 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
     assert page["console_errors"] == []
 
 
+def test_a_ticked_smooth_tiling_box_stays_ticked_for_the_next_image(page):
+    tab = page["page"]
+    first, second = page["root"] / "first.png", page["root"] / "second.png"
+    first.write_bytes(png_bytes(random_image(40, 40, seed=3)))
+    second.write_bytes(png_bytes(random_image(36, 44, seed=4)))
+    tab.set_input_files("#file", str(first))
+    wait_for_result(tab)
+    tab.check("#tile")
+    tab.wait_for_selector("#timing:has-text('tiled')", timeout=60_000)
+    wait_for_result(tab)
+    tab.set_input_files("#file", str(second))
+    tab.wait_for_selector("#timing:has-text('44 × 36')", timeout=60_000)
+    wait_for_result(tab)
+    assert tab.is_checked("#tile") and "tiled" in tab.inner_text("#timing")
+    tab.uncheck("#tile")  # and unticked stays unticked, for the tests below
+    tab.wait_for_selector("#timing:has-text('whole image')", timeout=60_000)
+    wait_for_result(tab)
+
+
 def test_pasted_screenshot_is_predicted_whole_when_small(page):
     tab = page["page"]
     data = png_bytes(random_image(24, 30, seed=8))
@@ -146,6 +189,10 @@ def test_a_file_that_is_not_an_image_shows_the_reason_and_the_page_recovers(page
     tab.set_input_files("#file", str(bad))
     tab.wait_for_selector("#status.error", timeout=60_000)
     assert "not an image" in tab.inner_text("#status")
+    screenshot(tab, page, "after-a-bad-upload")
+    # Neither the previous image's mask (`#stage.no-photo #layer` once beat `hidden`) nor a broken image.
+    assert not tab.is_visible("#layer") and not tab.is_visible("#photo")
+    assert not tab.is_visible("#result-panel")
     good = page["root"] / "again.png"
     good.write_bytes(png_bytes(random_image(20, 20, seed=9)))
     tab.set_input_files("#file", str(good))

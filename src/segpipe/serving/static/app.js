@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, file: null, stem: "image", photoShown: false, result: null, busy: false };
+const state = { model: null, file: null, stem: "image", photoShown: false, result: null, busy: false, tileChosen: false };
 
 async function loadModel() {
   try {
@@ -45,7 +45,7 @@ async function chooseFile(file) {
   $("layer").hidden = true;
   $("stage").dataset.state = "loading";
   const size = await showPhoto(file);
-  if (state.model) {  // an image the browser cannot measure (TIFF) gets the model's default
+  if (state.model && !state.tileChosen) {  // the user's own choice stays; a TIFF gets the model's default
     const larger = !size || Math.max(size.width, size.height) > state.model.tile;
     $("tile").checked = state.model.tiles_by_default && larger;
   }
@@ -186,7 +186,7 @@ function wireEvents() {
     chooseFile(new File([blob], `pasted.${blob.type.split("/")[1] || "png"}`, { type: blob.type }));
   });
   $("opacity").addEventListener("input", setOpacity);
-  $("tile").addEventListener("change", predict);
+  $("tile").addEventListener("change", () => { state.tileChosen = true; predict(); });
   $("tta").addEventListener("change", predict);
   $("download-mask").addEventListener("click", () =>
     download(base64Blob(state.result.mask_png, "image/png"), `${state.stem}.png`));
