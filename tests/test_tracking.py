@@ -6,6 +6,7 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -264,3 +265,24 @@ def test_evaluate_depends_on_the_run_id_file_that_each_training_run_rewrites(tmp
         train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
         ids.append((outputs.models_dir / tracking.RUN_ID_FILE).read_text().strip())
     assert ids[0] != ids[1] and all(len(i) == 32 for i in ids)
+
+
+def test_the_run_shows_the_stage_as_its_source_and_describes_itself(staged):
+    run = staged["client"].get_run(staged["report"].run_id)
+    assert run.data.tags["mlflow.source.name"] == "dvc stage train (python -m pipeline train)"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("`train` stage of the segpipe pipeline.")
+    assert "`model.backbone`=plain" in note and "Headline metric: `miou`" in note
+
+
+def test_the_description_lists_the_params_that_differ_from_the_baseline_commit(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for command in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "p"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True)
+    commit = tracking.git_commit(tmp_path)
+    assert tracking.run_description(load_params(tmp_path / "params.yaml"), tmp_path).count(f"Same params as {commit[:7]}.") == 1
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("cbam: false", "cbam: true").replace("lr: 0.003", "lr: 0.001"))
+    description = tracking.run_description(load_params(tmp_path / "params.yaml"), tmp_path)
+    assert f"Changed against {commit[:7]}: `model.cbam`: false → true; `train.lr`: 0.003 → 0.001\n" in description

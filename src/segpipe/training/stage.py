@@ -143,6 +143,7 @@ def start_tracking(
     params_json = params.model_dump(mode="json")
     data_files = [p for s in [*train_samples, *val_samples] for p in (s.image, s.mask)]
     tags = tracking.dvc_tags(root, tracking.content_hash(params_json), tracking.files_hash(data_files))
+    tags.update(tracking.stage_tags(params, root, "train"))
     run_id_file = models_dir / tracking.RUN_ID_FILE
     previous = run_id_file.read_text().strip() if run_id_file.exists() else ""
     resume_run = previous if params.train.resume and previous else None
