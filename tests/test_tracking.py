@@ -115,16 +115,18 @@ def test_the_run_charts_results_and_tags_the_counts(staged):
     assert run.data.tags["segpipe.train_images"] == "2" and run.data.tags["segpipe.epochs"] == "3"
 
 
-def test_the_logged_checkpoint_has_no_training_state_and_last_pt_keeps_it(staged, tmp_path):
+def test_best_pt_and_the_logged_checkpoint_have_no_training_state_and_last_pt_keeps_it(staged, tmp_path):
     client, report = staged["client"], staged["report"]
     local = Path(client.download_artifacts(report.run_id, "checkpoints/best.pt", str(tmp_path)))
     logged = torch.load(local, weights_only=True)
     assert set(logged) == set(MODEL_KEYS)
     on_disk = torch.load(report.best_checkpoint, weights_only=True)
+    assert set(on_disk) == set(MODEL_KEYS)  # only last.pt resumes
     for key, value in on_disk["model"].items():
         assert torch.equal(logged["model"][key], value)
-    assert {"optimizer", "scheduler", "rng"} <= set(torch.load(staged["outputs"].models_dir / "last.pt", weights_only=True))
-    assert local.stat().st_size < report.best_checkpoint.stat().st_size / 2  # Adam's two moments are gone
+    last = staged["outputs"].models_dir / "last.pt"
+    assert {"optimizer", "scheduler", "rng"} <= set(torch.load(last, weights_only=True))
+    assert report.best_checkpoint.stat().st_size < last.stat().st_size / 2  # Adam's two moments are gone
 
 
 def test_the_report_says_where_the_run_is(staged):

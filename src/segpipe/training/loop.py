@@ -295,8 +295,8 @@ def end_epoch(
         return
     checkpoint = checkpoint_contents(state.model, params, training_contents(state))
     save_checkpoint(models_dir / "last.pt", checkpoint)
-    if improved:
-        save_checkpoint(models_dir / "best.pt", checkpoint)
+    if improved:  # the model alone: only last.pt resumes, so only it carries the optimizer state
+        save_checkpoint(models_dir / "best.pt", checkpoint_contents(state.model, params))
     period = params.train.save_period
     if period and result.epoch % period == 0:
         save_checkpoint(models_dir / f"epoch_{result.epoch:03d}.pt", checkpoint)
