@@ -254,7 +254,7 @@ def write_figures(
     ]
     if gallery_size:
         rows = gallery_rows(predictor, samples, results, gallery_size)
-        paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png"))
+        paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png", predictor.classes))
     return paths
 
 
