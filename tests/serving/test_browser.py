@@ -1,8 +1,7 @@
 """The page in a real headless browser, used as a person would: upload or paste, look, download.
 
-Uses Playwright for Python driving Debian's `chromium-headless-shell` (Playwright's own browser
-download is not used). Without that browser the tests skip, saying how to install it; under CI
-(CI=true) a missing browser fails them.
+Uses Playwright for Python driving Debian's `chromium-headless-shell` (see `chromium_path` in
+tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,30 +19,7 @@ from segpipe.inference.prediction import PredictOptions, predict_paths
 from segpipe.palette import colour_overlay
 from segpipe.serving.app import create_app
 from segpipe.serving.service import ModelService
-from tests.helpers import png_bytes, random_image, running_server, tiny_checkpoint
-
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
-INSTALL = "apt-get install chromium-headless-shell && pip install -r requirements.txt"
-
-
-def chromium_path() -> str:
-    """Debian's headless Chromium (or $SEGPIPE_CHROMIUM); skips, or fails under CI, when absent."""
-    path = os.environ.get("SEGPIPE_CHROMIUM") or shutil.which("chromium-headless-shell") or shutil.which("chromium")
-    problem = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problem = "Playwright for Python is not installed"
-    if problem is None and path is None:
-        problem = "no chromium-headless-shell (or chromium) on PATH"
-    if problem is not None:
-        message = f"browser tests need a browser: {problem}; install it with `{INSTALL}`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
+from tests.helpers import BROWSER_FLAGS, chromium_path, png_bytes, random_image, running_server, tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
