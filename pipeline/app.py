@@ -2,7 +2,7 @@
 
 import typer
 
-from pipeline import augment, compare, convert, evaluate, predict, promote, sample, serve, split, train
+from pipeline import augment, compare, convert, evaluate, predict, preset, promote, sample, serve, split, train
 
 app = typer.Typer(
     help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict, compare, promote and serve.",
@@ -20,6 +20,7 @@ app.command("predict")(predict.main)
 app.command("compare")(compare.main)
 app.command("promote")(promote.main)
 app.command("serve")(serve.main)
+app.command("preset")(preset.main)
 
 
 def main() -> None:

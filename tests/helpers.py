@@ -26,6 +26,7 @@ from PIL import Image
 from segpipe.config import ModelSection, Params, parse_params
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
+from segpipe.presets import apply_presets
 from segpipe.models import build_model
 from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
 from segpipe.training.stage import TrainOutputs
@@ -145,12 +146,16 @@ def merge(base: dict, overrides: dict) -> dict:
 def make_project(root: Path, images: int = 12, overrides: dict = TINY, params_file: str = "params.yaml") -> Path:
     """A git + DVC project with the repo's code, dvc.yaml, tiny params and `images` sample files.
 
-    Its params.yaml is the repo's `params_file` (e.g. params-aerial.yaml) with `overrides`."""
+    Its params.yaml is the repo's, with the preset `params_file` (e.g. params-aerial.yaml) applied and
+    `overrides` over it."""
     root.mkdir()
     for name in ("pipeline", "src"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root)
-    params = merge(yaml.safe_load((REPO / params_file).read_text()), overrides)
+    shutil.copy(REPO / "params.yaml", root)
+    if params_file != "params.yaml":  # a preset: its keys over the defaults, as `pipeline preset` writes them
+        apply_presets(root / "params.yaml", [REPO / params_file])
+    params = merge(yaml.safe_load((root / "params.yaml").read_text()), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sample = root / "data" / "sample"
     sample.mkdir(parents=True)

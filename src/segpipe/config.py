@@ -107,7 +107,7 @@ class LossWeights(Section):
 
 
 class TrainSection(Section):
-    image_size: int = Field(default=128, ge=16)  # letterboxed square side
+    image_size: int = Field(default=96, ge=16)  # letterboxed square side
     # letterbox: each whole image fitted into image_size; patches: random patch_size crops of the
     # image scaled by patch_scale (validated by tiled prediction over whole images).
     sampling: Literal["letterbox", "patches"] = "letterbox"
@@ -117,7 +117,7 @@ class TrainSection(Section):
     # Probability that a crop is centred on a pixel of a present non-background class (nnU-Net's
     # foreground oversampling); 0 = uniform crops.
     patch_class_balance: float = Field(default=0.33, ge=0.0, le=1.0)
-    epochs: int = Field(default=30, ge=1)  # in total, frozen epochs included
+    epochs: int = Field(default=10, ge=1)  # in total, frozen epochs included
     freeze_epochs: int = Field(default=0, ge=0)  # first epochs with the encoder frozen
     batch_size: int = Field(default=8, ge=1)
     freeze_batch_size: int = Field(default=8, ge=1)
