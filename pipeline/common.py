@@ -104,7 +104,7 @@ def logged_to(path: Path | None) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path, "w", encoding="utf-8")
+    log = open(path, "w", encoding="utf-8", buffering=1)  # line-buffered: `tail -f` follows a running stage
     out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
