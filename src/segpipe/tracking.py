@@ -346,9 +346,10 @@ def run_description(params: Params, root: Path, stage: str = "train") -> str:
         changes = (f"Changed against {rev[:7]}: " + "; ".join(changed)) if changed else f"Same params as {rev[:7]}."
     spelt = logged_params(params)
     key_params = ", ".join(f"`{key}`={spelt[key]}" for key in KEY_PARAMS if key in spelt)
+    # What changed comes first: the runs table's Description column shows only the start.
     return (
-        f"`{stage}` stage of the segpipe pipeline. {changes}\n\nKey params: {key_params}. Headline metric: "
-        f"`{HEADLINE_METRIC}` (evaluate's mIoU on the validation images at full resolution)."
+        f"{changes}\n\nKey params: {key_params}. Headline metric: `{HEADLINE_METRIC}` (evaluate's mIoU on "
+        f"the validation images at full resolution). Logged by the `{stage}` stage of the segpipe pipeline."
     )
 
 
@@ -372,7 +373,8 @@ def stage_tags(params: Params, root: Path, stage: str) -> dict[str, str]:
     (instead of `__main__.py`, which every `python -m pipeline` run shares)."""
     return {
         "mlflow.note.content": run_description(params, root, stage),
-        "mlflow.source.name": f"dvc stage {stage} (python -m pipeline {stage})",
+        # The stage name first: the runs table's Source column shows a dozen characters.
+        "mlflow.source.name": f"{stage} stage (python -m pipeline {stage})",
         "mlflow.source.type": "JOB",
     }
 
