@@ -94,6 +94,8 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
 
     tab.fill("#opacity", "80")
     assert tab.eval_on_selector("#layer", "layer => layer.style.opacity") == "0.8"
+    screenshot(tab, page, "after-an-upload")
+    assert tab.is_visible("#photo") and tab.is_visible("#layer") and not tab.is_visible("#placeholder")
 
     with tab.expect_download() as download:
         tab.click("#download-mask")
