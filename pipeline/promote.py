@@ -25,9 +25,10 @@ def main(
     from mlflow.tracking import MlflowClient
 
     from segpipe.config import load_params
-    from segpipe.experiments.registry import promote
+    from segpipe.experiments.registry import check_alias, promote
     from segpipe.tracking import tracking_uri as default_tracking_uri
 
+    check_alias(alias)  # before the MLflow store is opened
     name = experiment or load_params(params).base.experiment
     version = promote(run, alias, MlflowClient(tracking_uri=tracking_uri or default_tracking_uri()), name, name)
     typer.echo(f"promote: {name} version {version.version} (run {version.run_id}) is now models:/{name}@{alias}")

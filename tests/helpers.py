@@ -198,13 +198,16 @@ def dead_pid() -> int:
 
 
 @contextlib.contextmanager
-def running_server(app, timeout: float = 30) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+def running_server(app, timeout: float = 30, **deadlines: float) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn, configured as `serve` does (`deadlines`: header_timeout,
+    body_timeout), on a free 127.0.0.1 port in a thread; yields its base URL."""
     import uvicorn
+
+    from segpipe.serving.app import server_config
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=64))
+    server = uvicorn.Server(server_config(app, **deadlines))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

@@ -20,6 +20,7 @@ from segpipe.imageio import (
     atomic_dir,
     atomic_write_text,
     broken_links,
+    list_images,
     check_apart,
     read_image,
     read_image_for,
@@ -234,3 +235,38 @@ def test_a_broken_or_missing_file_is_an_error_naming_it(photo: Path, tmp_path: P
         read_image_for(tmp_path / "missing.jpg", scale=0.5)
     with pytest.raises(SegpipeError, match="exactly one of fit or scale"):
         read_image_for(photo)
+
+
+def tiff_pages(path: Path, colours: list[tuple[int, int, int]], size=(6, 4)) -> Path:
+    """A multi-page TIFF, one flat colour per page."""
+    pages = [Image.new("RGB", size, colour) for colour in colours]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    return path
+
+
+def test_a_multi_page_tiff_gives_its_first_page_with_a_warning_naming_file_and_page_count(tmp_path, caplog):
+    path = tiff_pages(tmp_path / "stack.tif", [(10, 20, 30), (200, 0, 0), (0, 200, 0)])
+    with caplog.at_level("WARNING", logger="segpipe"):
+        image = read_image(path)
+    assert image.shape == (4, 6, 3) and (image == [10, 20, 30]).all()
+    assert f"{path}: has 3 pages (frames); only the first is used" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segpipe"):
+        pixels, full = read_image_for(path, fit=(2, 3))
+    assert full == (4, 6) and (pixels == [10, 20, 30]).all()
+    assert f"{path}: has 3 pages" in caplog.text
+
+
+def test_a_single_page_tiff_reads_without_a_warning(tmp_path, caplog):
+    path = tiff_pages(tmp_path / "one.tif", [(1, 2, 3)])
+    with caplog.at_level("WARNING", logger="segpipe"):
+        read_image(path)
+    assert "pages" not in caplog.text
+
+
+def test_webp_is_an_image_suffix_and_reads_losslessly(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.webp", lossless=True)
+    Image.fromarray(pixels).save(tmp_path / "b.png")
+    assert [p.name for p in list_images(tmp_path)] == ["a.webp", "b.png"]
+    assert np.array_equal(read_image(tmp_path / "a.webp"), pixels)

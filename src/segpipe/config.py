@@ -169,6 +169,8 @@ class ServeSection(Section):
     host: str = "127.0.0.1"  # loopback: this machine only
     port: int = Field(default=8000, ge=1, le=65535)
     max_upload_mb: float = Field(default=20.0, gt=0.0)  # larger request bodies get 413
+    max_pixels: int = Field(default=25_000_000, ge=1)  # larger images get 413, read from their header
+    allowed_hosts: tuple[str, ...] = ()  # Host header names accepted besides serve.host's own; "*": any
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 

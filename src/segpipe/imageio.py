@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
+import logging
 import math
 import os
 import re
@@ -29,10 +30,13 @@ from PIL import ExifTags, Image, ImageOps
 from segpipe.errors import SegpipeError, sigterm_unwinds
 from segpipe.palette import mask_image
 
+log = logging.getLogger(__name__)
+
 IGNORE_INDEX = 255
 """Mask value of pixels left out of the loss and the metrics (letterbox padding, unlabelled areas)."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""The image files every stage reads from a folder (convert, predict FOLDER, a dataset's images/)."""
 
 # Pillow warns above this many pixels and raises above twice as many; we refuse above it outright,
 # which still admits a 16k x 10k aerial mosaic.
@@ -53,7 +57,7 @@ def _decoding(name: str) -> Iterator[None]:
         raise SegpipeError(f"{name}: image file not found") from exc
     except Image.UnidentifiedImageError:
         # Pillow's own message names an in-memory buffer object, which tells a person nothing.
-        raise SegpipeError(f"{name}: not an image (no format Pillow reads); send a JPEG, PNG, BMP or TIFF file") from None
+        raise SegpipeError(f"{name}: not an image (no format Pillow reads); send a JPEG, PNG, BMP, TIFF or WebP file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise SegpipeError(f"{name}: cannot read image ({exc}); is the file truncated or not an image?") from exc
 
@@ -63,7 +67,19 @@ def _open_checked(source: Path | bytes, name: str) -> Image.Image:
     with _decoding(name):
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         image.load()  # decode now: a truncated JPEG only fails here
+    _note_pages(image, name)
     return image
+
+
+def _note_pages(image: Image.Image, name: str) -> None:
+    """Warn that only the first page is read of a multi-page TIFF (or an animated image).
+
+    The first page is used rather than the file refused: it is the full-resolution image of a
+    pyramidal or thumbnailed TIFF, the common case, and the warning names the file for a stack.
+    """
+    pages = getattr(image, "n_frames", 1)
+    if pages > 1:
+        log.warning("%s: has %d pages (frames); only the first is used. Save each page you need as its own file", name, pages)
 
 
 def read_image(source: Path | bytes, name: str | None = None) -> np.ndarray:
@@ -112,6 +128,7 @@ def read_image_for(
             needed_h, needed_w = (max(1, math.ceil(side * factor)) for side in full_hw)
             image.draft("RGB", (needed_h, needed_w) if turned else (needed_w, needed_h))
         image.load()
+    _note_pages(image, str(source))
     return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), full_hw
 
 

@@ -83,3 +83,18 @@ def test_predict_refuses_to_write_into_the_input_folder(tmp_path):
     assert result.exit_code == 1
     assert "(--out) contains the input" in result.output
     assert [p.name for p in (tmp_path / "in").iterdir()] == ["a.png"]
+
+
+def test_predict_a_folder_reads_webp_and_warns_of_a_multi_page_tiff(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "web.webp")
+    pages = [Image.fromarray(pixels), Image.new("RGB", (30, 20))]
+    pages[0].save(images / "stack.tiff", save_all=True, append_images=pages[1:])
+    result = runner.invoke(app, ["predict", str(checkpoint), str(images), "--out", str(tmp_path / "out"), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stack.png", "web.png"]
+    assert Image.open(tmp_path / "out" / "web.png").size == (30, 20)
+    assert f"{images / 'stack.tiff'}: has 2 pages (frames); only the first is used" in result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 from pipeline.app import app
 
 from segpipe.errors import SegpipeError
-from segpipe.experiments.registry import checkpoint_from_uri, promote, publish_model
+from segpipe.experiments.registry import check_alias, checkpoint_from_uri, promote, publish_model
 from segpipe.inference.prediction import PredictOptions, predict_paths
 from segpipe.models.checkpoint import load_checkpoint
 from segpipe import tracking
@@ -225,3 +226,40 @@ def test_publishing_prints_no_cloudpickle_warning_and_keeps_other_mlflow_message
     messages = [r.getMessage() for r in records]
     assert not [m for m in messages if "CloudPickle" in m]
     assert messages[-1] == "Passing a Python object as `python_model` outside publishing"
+
+
+class NoMlflow:
+    """A client that fails the test on any use: the alias must be refused before MLflow is asked."""
+
+    def __getattr__(self, name):
+        pytest.fail(f"MLflow was called ({name}) before the alias was checked")
+
+
+@pytest.mark.parametrize(
+    ("alias", "rule"),
+    [
+        ("../../etc", "letters, digits, '_' or '-'"),
+        ("has space", "letters, digits, '_' or '-'"),
+        ("", "letters, digits, '_' or '-'"),
+        ("x" * 256, "1 to 255"),
+        ("latest", "reserved by MLflow"),
+        ("Latest", "reserved by MLflow"),
+        ("v1", "reserved by MLflow"),
+        ("V12", "reserved by MLflow"),
+    ],
+)
+def test_a_bad_alias_is_named_with_its_rule_before_any_mlflow_call(alias, rule):
+    with pytest.raises(SegpipeError, match=re.escape(f"alias {alias!r}") + ".*" + re.escape(rule)):
+        promote("exp-a", alias, NoMlflow(), MODEL, MODEL)
+
+
+def test_promote_command_refuses_a_path_like_alias_with_exit_1(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    result = CliRunner().invoke(app, ["promote", "exp-a", "--alias", "../../etc", "--params", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 1
+    assert "alias '../../etc' is not allowed" in result.output and "Traceback" not in result.output
+
+
+def test_good_aliases_pass_the_check():
+    for alias in ("champion", "staging-2", "v1beta", "latest_good", "x" * 255):
+        check_alias(alias)

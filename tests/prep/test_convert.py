@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,59 @@ def test_no_hint_when_the_unmatched_masks_differ(tmp_path):
     with pytest.raises(SegpipeError) as info:
         run(tmp_path / "in", tmp_path, DataSection(format="masks"), out="o")
     assert "  hint: " not in str(info.value) and "4 problem(s) in the input (0 image/mask pairs matched)" in str(info.value)
+
+
+# --- file names that cannot become ids -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stem", "wrong"),
+    [
+        ("trail ", "starts or ends with whitespace"),
+        (" lead", "starts or ends with whitespace"),
+        ("new\nline", r"line-break character\(s\) '\\n'"),
+        ("tab\tbed", r"line-break character\(s\) '\\t'"),
+        ("bell\x07", r"line-break character\(s\) '\\x07'"),
+        ("line\u2028separator", r"line-break character\(s\) '\\u2028'"),
+        ("no-break space\xa0", "starts or ends with whitespace"),
+    ],
+)
+@pytest.mark.parametrize("data_format", ["labelme", "masks"])
+def test_file_names_that_cannot_become_ids_are_named_and_nothing_is_written(tmp_path, stem, wrong, data_format):
+    if data_format == "labelme":
+        tiny_set(tmp_path / "in")
+        bad = write_labelme(tmp_path / "in" / f"{stem}.json", [rect(1, 1, 4, 3)])
+        data = LABELME
+    else:
+        mask_folder(tmp_path / "in", {"good": np.zeros((2, 2), np.uint8), stem: np.zeros((2, 2), np.uint8)})
+        bad = tmp_path / "in" / "images" / f"{stem}.jpg"
+        data = masks_data()
+    with pytest.raises(SegpipeError, match=re.escape(repr(str(bad))) + ": the file name .*" + wrong):
+        run(tmp_path / "in", tmp_path, data)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_whitespace_after_the_extension_is_named_not_skipped(tmp_path):
+    mask_folder(tmp_path / "in", {"good": np.zeros((2, 2), np.uint8)})
+    (tmp_path / "in" / "images" / "other.jpg ").write_bytes((tmp_path / "in" / "images" / "good.jpg").read_bytes())
+    with pytest.raises(SegpipeError, match=re.escape(repr(str(tmp_path / "in" / "images" / "other.jpg "))) + ": the file name starts or ends"):
+        run(tmp_path / "in", tmp_path, masks_data())
+
+
+
+def test_webp_and_multi_page_tiff_images_are_converted_the_tiff_with_a_warning(tmp_path, caplog):
+    mask_folder(tmp_path / "in", {"plain": np.zeros((2, 2), np.uint8)})
+    pixels = np.array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [10, 11, 12]]], np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in" / "images" / "web.webp", lossless=True)
+    Image.fromarray(np.array([[0, 255], [0, 0]], np.uint8)).save(tmp_path / "in" / "masks" / "web.png")
+    pages = [Image.fromarray(pixels), Image.new("RGB", (2, 2), (99, 99, 99))]
+    pages[0].save(tmp_path / "in" / "images" / "stack.tif", save_all=True, append_images=pages[1:])
+    Image.fromarray(np.full((2, 2), 255, np.uint8)).save(tmp_path / "in" / "masks" / "stack.png")
+    with caplog.at_level("WARNING", logger="segpipe"):
+        summary = run(tmp_path / "in", tmp_path, masks_data())
+    assert summary.images == 3
+    assert {row["id"]: row["source"] for row in read_manifest(tmp_path / "out")} == {
+        "plain": "images/plain.jpg", "stack": "images/stack.tif", "web": "images/web.webp"}
+    for stem in ("web", "stack"):  # written as PNG, pixels exact (the TIFF's first page)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "images" / f"{stem}.png")), pixels)
+    assert "stack.tif: has 2 pages (frames); only the first is used" in caplog.text

@@ -181,3 +181,32 @@ def test_twenty_concurrent_requests_all_get_their_own_correct_mask(server):
         answers = list(pool.map(lambda data: post_image(server["url"], data), images))
     assert [status for status, _, _ in answers] == [200] * 20
     assert [body for _, _, body in answers] == expected
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory):
+    """A server that takes images of at most 100 pixels."""
+    checkpoint = tiny_checkpoint(tmp_path_factory.mktemp("small") / "best.pt")
+    with running_server(create_app(ModelService(checkpoint), LIMIT, max_pixels=100)) as url:
+        yield url
+
+
+def test_an_image_over_max_pixels_is_413_from_its_header_naming_the_limit_and_its_size(small_server):
+    # A header that claims 1000 x 1000 pixels and holds none: decoding it would fail as truncated
+    # (400), so a 413 shows the size was read from the header, before any decoding.
+    status, _, body = post_image(small_server, png_header_only(1000, 1000), "huge.png")
+    assert status == 413
+    detail = json.loads(body)["detail"]
+    assert "'huge.png' is 1000 x 1000 = 1,000,000 pixels" in detail
+    assert "limit of 100 pixels (serve.max_pixels)" in detail
+    status, _, _ = post_image(small_server, png_bytes(random_image(10, 11)), "over.png")  # 110 pixels
+    assert status == 413
+    status, _, body = post_image(small_server, png_bytes(random_image(10, 10)), "at.png")  # 100 pixels: allowed
+    assert status == 200 and body.startswith(b"\x89PNG")
+
+
+def test_health_names_the_checkpoint_by_its_file_name_only(server):
+    with urllib.request.urlopen(server["url"] + "/health", timeout=30) as response:
+        text = response.read().decode()
+    assert json.loads(text)["model"] == "best.pt"
+    assert str(server["root"]) not in text and str(server["root"]).replace("/", "\\/") not in text

@@ -14,6 +14,7 @@ import contextlib
 import importlib.metadata
 import io
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -38,6 +39,11 @@ CHECKPOINT_FILE = "best.pt"
 # What the logged model needs at run time (segpipe itself travels as code with it); exact
 # versions from this environment, so MLflow does not spend seconds inferring them.
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pydantic", "PyYAML")
+# MLflow's alias rules (mlflow/utils/validation.py), checked here so a bad alias is one message
+# instead of a traceback; ASCII only (MLflow takes any Unicode letter) because the alias is typed
+# into models:/NAME@ALIAS URIs in shells and URLs.
+ALIAS_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,255}")
+RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)  # `latest` and version names like v1
 
 
 def publish_model(models_dir: Path, model_name: str) -> str | None:
@@ -116,6 +122,7 @@ def without_pickle_warning() -> Iterator[None]:
 def promote(spec: str, alias: str, client: MlflowClient, experiment: str, model_name: str) -> ModelVersion:
     """Point `alias` of registered model `model_name` at the version of the run `spec` names (a
     DVC experiment name or a run id in `experiment`); returns that version."""
+    check_alias(alias)
     runs = resolve_runs(spec, client, experiment_id(client, experiment))
     if len(runs) != 1:
         raise SegpipeError(f"{spec!r} names {len(runs)} runs; promote one: a DVC experiment name or a run id")
@@ -129,6 +136,20 @@ def promote(spec: str, alias: str, client: MlflowClient, experiment: str, model_
     version = max(versions, key=lambda v: int(v.version))  # a resumed run may have published twice
     client.set_registered_model_alias(model_name, alias, version.version)
     return version
+
+
+def check_alias(alias: str) -> None:
+    """Refuse an alias MLflow would refuse (or reserves), naming it and the rule, before any MLflow call."""
+    if RESERVED_ALIAS.fullmatch(alias):
+        raise SegpipeError(
+            f"alias {alias!r} is reserved by MLflow (`latest` and version names like `v1` already mean a "
+            "version); choose another, e.g. champion"
+        )
+    if not ALIAS_PATTERN.fullmatch(alias):
+        raise SegpipeError(
+            f"alias {alias!r} is not allowed: an alias is 1 to 255 letters, digits, '_' or '-' "
+            "(no spaces, dots or slashes), e.g. champion or staging-2"
+        )
 
 
 def _search_versions(client: MlflowClient, filter_string: str, model_name: str) -> list[ModelVersion]:

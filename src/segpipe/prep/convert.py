@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import shutil
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -22,12 +23,14 @@ from PIL import Image
 
 from segpipe.config import DataSection
 from segpipe.errors import SegpipeError
-from segpipe.imageio import IGNORE_INDEX, atomic_dir, atomic_write_text, check_apart, write_mask
+from segpipe.imageio import IGNORE_INDEX, IMAGE_SUFFIXES, atomic_dir, atomic_write_text, check_apart, write_mask
 from segpipe.layout import IMAGES, MANIFEST, MASKS
 from segpipe.prep import labelme, maskfolder
 from segpipe.prep.parallel import cap_lines, failures, map_files
 
 _EXIF_ORIENTATION = 0x0112
+# Files convert may read, by suffix: their names become ids, manifest rows and split-list lines.
+_INPUT_SUFFIXES = frozenset({*IMAGE_SUFFIXES, *maskfolder.MASK_SUFFIXES, ".json"})
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str],
     """The items to convert, checked for duplicate ids, the pairing problems found on the way and
     a hint on fixing them (a mask suffix the masks share), if any."""
     hint = None
+    _check_names(input_dir)
     if data.format == "labelme":
         paths, problems = labelme.find_annotations(input_dir)
         jobs = [Job(p.stem, p) for p in paths]
@@ -137,6 +141,31 @@ def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str],
         hint = maskfolder.mask_suffix_hint(input_dir, data.mask_suffix) if problems else None
     _check_unique_ids(jobs)
     return jobs, problems, hint
+
+
+def _check_names(input_dir: Path) -> None:
+    """Refuse input files whose names cannot survive as ids: the split lists hold one id per line
+    and are read stripped, so `trail .json` would become id 'trail' (found nowhere) and a newline
+    would split a manifest row or list line in two."""
+    problems = []
+    for path in sorted(Path(input_dir).rglob("*")):
+        relative = path.relative_to(input_dir).as_posix()
+        if Path(path.name.strip()).suffix.lower() not in _INPUT_SUFFIXES or path.is_dir():
+            continue
+        # Cc: \n, \t, ...; Zl/Zp: U+2028/U+2029, which str.splitlines also breaks lines at.
+        controls = sorted({c for c in relative if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
+        if controls:
+            wrong = f"holds the control or line-break character(s) {', '.join(repr(c) for c in controls)}"
+        elif path.name != path.name.strip() or path.stem != path.stem.strip():
+            wrong = "starts or ends with whitespace (before or after its extension)"
+        else:
+            continue
+        problems.append(f"  {str(Path(input_dir) / relative)!r}: the file name {wrong}")
+    if problems:
+        raise SegpipeError(
+            f"{len(problems)} input file name(s) cannot become ids (file names become ids, one per line in the "
+            "manifest and split lists, read without surrounding whitespace); rename them:\n" + cap_lines(problems, indent="  ")
+        )
 
 
 def _check_unique_ids(jobs: Sequence[Job]) -> None:

@@ -8,26 +8,35 @@
                             shares per class and the time taken
 
 Safety: request bodies over `max_upload_bytes` get 413 without being read whole (the limit is
-checked against Content-Length and again while the body streams in); an upload that is not an
+checked against Content-Length and again while the body streams in); an image of more than
+`max_pixels` pixels gets 413 from its header, before it is decoded; an upload that is not an
 image, is truncated or is a decompression bomb gets 400 with the reason; nothing a request sends
-is used as a path (the page's three files are read once at start-up, by fixed names).
+is used as a path (the page's three files are read once at start-up, by fixed names), and no
+answer carries a path of the server's machine. `guards` adds the Host check, the request limit,
+`nosniff` and the header/body deadlines.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
+import functools
+import io
+import warnings
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI, File, Form, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from segpipe.config import ServeSection
 from segpipe.errors import SegpipeError
-from segpipe.serving.service import ModelService, Prediction, load_service
+from segpipe.serving.guards import HostCheck, NoSniff, RequestLimit, allowed_hosts, is_loopback, timed_h11
+from segpipe.serving.service import URI_SCHEMES, ModelService, Prediction, load_service
 
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 MAX_NAME_CHARS = 80  # of an upload's file name, quoted in error messages
@@ -39,12 +48,25 @@ PAGE_HEADERS = {
 }
 # Body bytes past the upload limit read (and dropped) before answering 413; see BodyLimit.
 DRAIN_BYTES = 16 * 2**20
-# Open connections beyond this get 503 from uvicorn: each may hold up to one upload in memory.
-MAX_CONNECTIONS = 64
+# Requests in the app beyond this get 503: each may hold up to one upload in memory.
+MAX_REQUESTS = 64
+# Open connections beyond this get 503 from uvicorn: a cap on file descriptors. Connections that
+# never finish their headers are closed after guards.HEADER_TIMEOUT and hold no request slot.
+MAX_CONNECTIONS = 512
+# Seconds requests in progress get to finish after SIGTERM or Ctrl+C before they are dropped.
+SHUTDOWN_GRACE = 2
+DEFAULT_MAX_PIXELS = 25_000_000  # serve.max_pixels' default
 
 
-def create_app(service: ModelService, max_upload_bytes: int) -> FastAPI:
-    """The app serving `service`; request bodies above `max_upload_bytes` are refused with 413."""
+def create_app(
+    service: ModelService,
+    max_upload_bytes: int,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    hosts: frozenset[str] = allowed_hosts("127.0.0.1"),
+) -> FastAPI:
+    """The app serving `service`: request bodies above `max_upload_bytes` and images above
+    `max_pixels` are refused with 413, and requests whose Host header is not in `hosts` with 400."""
     app = FastAPI(title="segpipe", docs_url=None, redoc_url=None, openapi_url=None)
     page = _static("index.html")
     assets = {name: (_static(name), media_type) for name, media_type in STATIC_FILES.items()}
@@ -62,11 +84,13 @@ def create_app(service: ModelService, max_upload_bytes: int) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", **service.describe(), "max_upload_bytes": max_upload_bytes}
+        described = service.describe()
+        limits = {"max_upload_bytes": max_upload_bytes, "max_pixels": max_pixels}
+        return {"status": "ok", **described, "model": public_name(described["model"]), **limits}
 
     @app.post("/predict", responses={200: {"content": {"image/png": {}}}})
     async def predict(image: UploadFile = File(...), tile: str = Form("auto"), tta: bool = Form(False)) -> Response:
-        result = await _run(service, image, tile, tta)
+        result = await _run(service, image, tile, tta, max_pixels)
         if isinstance(result, Response):
             return result
         headers = {"X-Segpipe-Seconds": f"{result.seconds:.3f}", "X-Segpipe-Tiled": str(result.tiled).lower()}
@@ -74,7 +98,7 @@ def create_app(service: ModelService, max_upload_bytes: int) -> FastAPI:
 
     @app.post("/predict/details")
     async def details(image: UploadFile = File(...), tile: str = Form("auto"), tta: bool = Form(False)) -> Response:
-        result = await _run(service, image, tile, tta)
+        result = await _run(service, image, tile, tta, max_pixels)
         if isinstance(result, Response):
             return result
         layer = await run_in_threadpool(service.colour_layer_png, result.labels)
@@ -91,19 +115,46 @@ def create_app(service: ModelService, max_upload_bytes: int) -> FastAPI:
             }
         )
 
-    return BodyLimit(app, max_upload_bytes)  # type: ignore[return-value]
+    # Outermost first: every answer gets nosniff, a foreign Host is refused before its body is read.
+    return NoSniff(HostCheck(RequestLimit(BodyLimit(app, max_upload_bytes), MAX_REQUESTS), hosts))  # type: ignore[return-value]
 
 
-async def _run(service: ModelService, upload: UploadFile, tile: str, tta: bool) -> Prediction | Response:
-    """The prediction for an upload, or the 400 response that says why there is none."""
+async def _run(service: ModelService, upload: UploadFile, tile: str, tta: bool, max_pixels: int) -> Prediction | Response:
+    """The prediction for an upload, or the 400/413 response that says why there is none."""
     name = f"upload {(upload.filename or 'image')[:MAX_NAME_CHARS]!r}"
     data = await upload.read()
     if not data:
         return JSONResponse({"detail": f"{name} is empty; send the image file's bytes as the `image` field"}, status_code=400)
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return JSONResponse(
+            {"detail": f"{name} is {size[0]} x {size[1]} = {size[0] * size[1]:,} pixels, over the server's limit "
+                       f"of {max_pixels:,} pixels (serve.max_pixels); send a smaller image"},
+            status_code=413,
+        )
     try:
-        return await run_in_threadpool(service.predict, data, name, tile, tta)
+        # Abandoned (not awaited) when the server stops, so SIGTERM is not held up by a long prediction.
+        work = functools.partial(service.predict, data, name, tile, tta)
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
     except SegpipeError as exc:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, without decoding its pixels; None when Pillow
+    cannot read it (the prediction then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # bomb warnings: decoding refuses those with a reason
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Exception:
+        return None
+
+
+def public_name(model: str) -> str:
+    """How to name the model to clients: an MLflow URI as it is, a checkpoint by its file name only."""
+    return model if model.startswith(URI_SCHEMES) else Path(model).name
 
 
 def _static(name: str) -> str:
@@ -195,7 +246,8 @@ def serve(model: str, settings: ServeSection, announce: Callable[[str], None] = 
     from segpipe.runtime import resolve_device
 
     service = load_service(model, resolve_device(settings.device, "serve.device"))
-    app = create_app(service, int(settings.max_upload_mb * 2**20))
+    hosts = allowed_hosts(settings.host, tuple(settings.allowed_hosts))
+    app = create_app(service, int(settings.max_upload_mb * 2**20), max_pixels=settings.max_pixels, hosts=hosts)
     names = ", ".join(service.classes)
     announce(f"serve: {service.source} ({len(service.classes)} classes: {names}; {service.predictor.image_size} px input)")
     announce(f"serve: open http://{_url_host(settings.host)}:{settings.port}/ (Ctrl+C stops)")
@@ -203,17 +255,24 @@ def serve(model: str, settings: ServeSection, announce: Callable[[str], None] = 
         announce(f"serve: bound to {settings.host}: reachable from this machine only (--host 0.0.0.0 opens it to the network)")
     else:
         announce(f"serve: bound to {settings.host}: reachable from other machines, with no authentication")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", limit_concurrency=MAX_CONNECTIONS)
+    announce(f"serve: answers requests addressed to {', '.join(sorted(hosts))} (serve.allowed_hosts adds names)")
+    uvicorn.Server(server_config(app, settings.host, settings.port)).run()
 
 
-def is_loopback(host: str) -> bool:
-    """Whether `host` is a loopback address or `localhost`."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def server_config(app: ASGIApp, host: str = "127.0.0.1", port: int = 8000, **deadlines: float):
+    """uvicorn's settings for this app: the timed h11 protocol (`deadlines`: header_timeout,
+    body_timeout, see guards.timed_h11), the connection cap and the grace period on shutdown."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=timed_h11(**deadlines),
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+    )
 
 
 def _url_host(host: str) -> str:
