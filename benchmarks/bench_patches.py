@@ -80,7 +80,7 @@ def prepare(root: Path, args: argparse.Namespace) -> tuple[list[Sample], list[Sa
 
 def road_iou(checkpoint: Path, samples: list[Sample]) -> tuple[float, float]:
     """(road IoU, mIoU) over the samples at their own resolution, predicted as evaluate does."""
-    predictor = Predictor(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
     matrix = ConfusionMatrix(len(AERIAL_CLASSES))
     for sample in samples:
         matrix.update(read_class_mask(sample.mask), predictor.class_maps([read_image(sample.image)])[0])

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from segpipe.config import ModelSection  # noqa: E402
+from segpipe.data.spec import LetterboxInput  # noqa: E402
 from segpipe.inference.predictor import Predictor  # noqa: E402
 from segpipe.data.tiling import Tiling, predict_tiled  # noqa: E402
 from segpipe.models import build_model  # noqa: E402
@@ -47,9 +48,9 @@ def parse_args() -> argparse.Namespace:
 
 def make_predictor(args: argparse.Namespace, device: torch.device) -> Predictor:
     if args.checkpoint:
-        return Predictor(args.checkpoint, device)
-    model = build_model(ModelSection(backbone=args.backbone, base_channels=args.base_channels), 2)
-    return Predictor.from_model(model, ["background", "foreground"], args.image_size, device)
+        return Predictor.from_checkpoint(args.checkpoint, device)
+    model = build_model(2, **ModelSection(backbone=args.backbone, base_channels=args.base_channels).model_dump())
+    return Predictor(model, ["background", "foreground"], LetterboxInput(args.image_size), device)
 
 
 def peak_rss_mib() -> float:

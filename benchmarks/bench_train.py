@@ -46,6 +46,7 @@ from segpipe.imageio import read_class_mask, read_image, write_mask  # noqa: E40
 from segpipe.layout import Sample  # noqa: E402
 from segpipe.runtime import Distributed, Runtime  # noqa: E402
 from segpipe.training.loaders import EpochBatches, make_loader  # noqa: E402
+from segpipe.data.spec import spec_from_train  # noqa: E402
 from segpipe.training.loop import PhaseNets, build_state, fit, train_step, use_channels_last  # noqa: E402
 from segpipe.training.losses import make_loss  # noqa: E402
 
@@ -141,7 +142,8 @@ class ModelAlone:
         self.runtime = Runtime.resolve(cfg.device)
         device = self.runtime.device
         channels_last = use_channels_last(cfg, device)
-        self.state = build_state(params, self.runtime, channels_last=channels_last)
+        spec = spec_from_train(cfg)
+        self.state = build_state(params.model, cfg, len(params.base.classes), spec, self.runtime, channels_last=channels_last)
         self.net = PhaseNets(self.state.model, self.runtime.dist, compile=cfg.compile).for_phase(False)
         self.loss_fn = make_loss(cfg).to(device)
         generator = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 
 import typer
 
-from pipeline import augment, compare, convert, evaluate, predict, preset, promote, sample, serve, split, train
+from pipeline import augment, compare, convert, evaluate, export, predict, preset, promote, sample, serve, split, suggest, train
 
 app = typer.Typer(
     help="segpipe: sample data, the pipeline stages (run them through `dvc repro`), predict, compare, promote and serve.",
@@ -17,6 +17,8 @@ app.command("augment")(augment.main)
 app.command("train")(train.main)
 app.command("evaluate")(evaluate.main)
 app.command("predict")(predict.main)
+app.command("suggest")(suggest.main)
+app.command("export")(export.main)
 app.command("compare")(compare.main)
 app.command("promote")(promote.main)
 app.command("serve")(serve.main)

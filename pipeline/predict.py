@@ -20,10 +20,16 @@ def main(
         typer.Option(help="Predict in overlapping SIZE x SIZE windows (large images); default: the model's own "
                      "windows if it was trained on patches, else whole images."),
     ] = None,
-    overlap: Annotated[float, typer.Option(help="Fraction of a tile shared with its neighbour.")] = 0.25,
+    overlap: Annotated[
+        float | None, typer.Option(help="Fraction of a tile shared with its neighbour; default: the library's (0.25).")
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 rotations and flips.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images, or tiles of one image, per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    labelme: Annotated[
+        bool, typer.Option(help="Also write <stem>.json, the mask as labelme polygons to correct (never over an existing one).")
+    ] = False,
+    tolerance: Annotated[float, typer.Option(help="--labelme: how far, in pixels, a polygon may cut the mask's outline.")] = 1.0,
     quiet: QuietOption = False,
 ) -> None:
     """Write a mask per input image at its exact size: 0/255 for 2 classes, a palette PNG of class ids for more."""
@@ -31,10 +37,24 @@ def main(
     from segpipe.inference.prediction import PredictOptions, predict_paths
     from segpipe.runtime import resolve_device
 
-    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, overlap=overlap, tta=tta, batch_size=batch_size)
+    if labelme:  # refuse before predicting anything: an existing labelme file may be a human's work
+        from segpipe.inference.annotate import check_annotatable
+        from segpipe.inference.prediction import resolve_inputs
+
+        images = resolve_inputs(inputs)
+        check_annotatable(out, [path.stem for path in images], tolerance)
+    chosen = {"overlap": overlap} if overlap is not None else {}  # else the one default, PredictOptions'
+    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, tta=tta, batch_size=batch_size, **chosen)
     report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device, "--device"), progress=not quiet)
     for message in report.failed:
         typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)
-    typer.echo(f"predict: {len(report.written)} masks -> {out}" + (f", {len(report.failed)} failed" if report.failed else ""))
+    if labelme:
+        from segpipe.inference.annotate import annotate_masks
+
+        annotate_masks(checkpoint, report.written, images, out, tolerance)
+    typer.echo(
+        f"predict: {len(report.written)} masks{' and labelme files' * labelme} -> {out}"
+        + (f", {len(report.failed)} failed" if report.failed else "")
+    )
     if not report.ok:
         raise typer.Exit(1)

@@ -28,11 +28,10 @@ def main(
     from segpipe import tracking
     from segpipe.imageio import check_apart
     from segpipe.layout import training_samples, validation_samples
-    from segpipe.models.registry import required_multiple
-    from segpipe.training.stage import TrainOutputs, train_stage
+    from segpipe.training.stage import TrainOutputs, check_model_input, train_stage
 
-    # With the model's stride, a patch size it cannot take fails here, before any data is read.
-    config = load_params(params, required_multiple=required_multiple)
+    config = load_params(params)
+    check_model_input(config)  # an input size off the model's stride fails here, before any data is read
     check_apart(
         {"MODELS_DIR": models_dir, "--metrics": metrics, "--info": info, "--history": history, "--plots-dir": plots_dir},
         {"PROCESSED_DIR": processed_dir, "SPLITS_DIR": splits_dir, "AUGMENTED_DIR": augmented_dir},

@@ -23,12 +23,15 @@ from torch import nn
 import yaml
 from PIL import Image
 
-from segpipe.config import ModelSection, Params, parse_params
+from segpipe.config import AugmentSection, ModelSection, Params, SplitSection, parse_params
+from segpipe.data.spec import LetterboxInput, spec_from_train
 from segpipe.layout import Sample, samples_in
 from segpipe.imageio import write_mask
 from segpipe.presets import apply_presets
 from segpipe.models import build_model
-from segpipe.models.checkpoint import checkpoint_contents, save_checkpoint
+from segpipe.models.checkpoint import checkpoint_contents, load_checkpoint, save_checkpoint
+from segpipe.prep.augment import augment_dataset
+from segpipe.prep.split import write_split
 from segpipe.training.stage import TrainOutputs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -99,9 +102,24 @@ def tiny_checkpoint(
     """A real (random-weight) plain U-Net checkpoint with the keys training writes; `train`
     settings (e.g. sampling: patches) are recorded as a run with them would record them."""
     torch.manual_seed(seed)
-    model = build_model(ModelSection(backbone="plain", base_channels=4), len(classes))
+    model = build_model(len(classes), **ModelSection(backbone="plain", base_channels=4).model_dump())
     params = parse_params({"base": {"classes": list(classes)}, "data": {"mask_colors": {}}, "train": train or {}})
-    save_checkpoint(path, {**checkpoint_contents(model, params), "image_size": image_size})
+    # image_size as given, even below train.image_size's bound (a 4 px model for hand-worked cases).
+    spec = spec_from_train(params.train) if params.train.sampling == "patches" else LetterboxInput(image_size)
+    save_checkpoint(path, checkpoint_contents(model, spec, params.base.classes, params.model_dump(mode="json")))
+    return path
+
+
+def split_checkpoint(path: Path, image: np.ndarray, classes=CLASSES) -> Path:
+    """A tiny random checkpoint whose head is shifted so that about half of `image` is lesion:
+    masks with several regions and holes to outline, not all background."""
+    from segpipe.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(path, classes, seed=1))
+    probs = predictor.predict_probs(image)
+    with torch.no_grad():
+        predictor.model.head.bias[1] -= torch.log(probs[1] / probs[0]).median()
+    save_checkpoint(path, {**load_checkpoint(path), "model": predictor.model.state_dict()})
     return path
 
 
@@ -300,3 +318,29 @@ def chromium_path() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def prepare_run(root: Path, epochs: int = 3, save_period: int = 2, seed: int = 42) -> dict[str, str]:
+    """Processed data, a 4/1 split, no augmentation and tiny params (base.seed `seed`) in `root`,
+    for `python -m pipeline train` run there; returns its environment (its own MLflow database)."""
+    processed = make_processed(root / "processed", count=5)
+    # 4 train images and 1 val image: rank 1 validates nothing, and the confusion sums still work.
+    split = write_split(processed, root / "splits", SplitSection(val_fraction=0.2), seed=0)
+    assert (len(split.train), len(split.val)) == (4, 1)
+    augment_dataset(processed, root / "splits", root / "augmented", AugmentSection(enabled=False), seed=0, progress=False)
+    params = {
+        "base": {"seed": seed},
+        "model": {"backbone": "plain", "base_channels": 4},
+        "train": {
+            "image_size": 32, "epochs": epochs, "freeze_epochs": 1, "batch_size": 2, "device": "cpu",
+            "save_period": save_period,
+        },
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "DVC_ROOT": str(root),
+        "OMP_NUM_THREADS": "1",
+    }

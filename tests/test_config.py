@@ -1,10 +1,12 @@
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
-from segpipe.config import load_params, parse_params
+from segpipe.config import Params, load_params, parse_params
 from segpipe.errors import SegpipeError
-from segpipe.models.registry import required_multiple
+from segpipe.training.stage import check_model_input
 from tests.helpers import REPO
 
 
@@ -17,7 +19,7 @@ def test_shipped_params_file_loads():
 def test_yaml_lists_become_tuples_and_sections_are_frozen():
     params = parse_params({"augment": {"blur_sigma": [0.5, 1.0]}})
     assert params.augment.blur_sigma == (0.5, 1.0)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         params.augment.copies = 5  # type: ignore[misc]
 
 
@@ -130,19 +132,38 @@ def test_bad_patch_settings_are_named(train, message):
 @pytest.mark.parametrize(
     ("backbone", "size", "message"),
     [
-        ("plain", 40, r"train\.patch_size 40 must be a multiple of 16 for model\.backbone plain .*try 32"),
+        ("plain", 40, r"train\.patch_size 40 must be a multiple of 16 for model\.backbone plain .*try 48"),
         ("resnet50", 48, r"train\.patch_size 48 must be a multiple of 32 for model\.backbone resnet50 .*try 64"),
     ],
 )
-def test_a_patch_size_off_the_model_stride_is_refused_at_load(tmp_path: Path, backbone, size, message):
+def test_a_patch_size_off_the_model_stride_is_refused_before_training(tmp_path: Path, backbone, size, message):
     path = tmp_path / "params.yaml"
     path.write_text(f"model:\n  backbone: {backbone}\ntrain:\n  sampling: patches\n  patch_size: {size}\n")
     with pytest.raises(SegpipeError, match=message):
-        load_params(path, required_multiple=required_multiple)
+        check_model_input(load_params(path))
 
 
 def test_the_patch_size_is_only_checked_when_training_on_patches():
-    letterbox = parse_params({"train": {"patch_size": 40}}, required_multiple=required_multiple)
-    assert letterbox.train.input_size == letterbox.train.image_size
-    patches = parse_params({"train": {"sampling": "patches", "patch_size": 48}}, required_multiple=required_multiple)
-    assert patches.train.input_size == 48
+    check_model_input(parse_params({"train": {"patch_size": 40}}))  # letterbox: image_size 96 is checked
+    with pytest.raises(SegpipeError, match=r"train\.patch_size 40 must be a multiple of 16"):
+        check_model_input(parse_params({"train": {"sampling": "patches", "patch_size": 40}}))
+
+
+def leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    """Every setting of a params mapping under its flat key (mask_colors is one setting)."""
+    flat: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "mask_colors":
+            flat.update(leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_the_library_defaults_are_the_values_params_yaml_gives():
+    # Each setting is defined once: a key left out of a params file means what params.yaml says.
+    shipped = leaves(yaml.safe_load((REPO / "params.yaml").read_text()))
+    defaults = leaves(Params().model_dump(mode="json"))
+    assert sorted(shipped) == sorted(defaults), "params.yaml and config.py name different keys"
+    differ = {key: (defaults[key], shipped[key]) for key in defaults if defaults[key] != shipped[key]}
+    assert not differ, f"config.py default vs params.yaml: {differ}"

@@ -237,6 +237,85 @@ def test_a_broken_or_missing_file_is_an_error_naming_it(photo: Path, tmp_path: P
         read_image_for(photo)
 
 
+# Wide-range gray images, values chosen so each expected gray level is computed by hand (no ties).
+UINT16 = [0, 1, 128, 129, 257, 385, 386, 32767, 32768, 65278, 65535]
+UINT16_GRAY = [0, 0, 0, 1, 1, 1, 2, 127, 128, 254, 255]  # round(v / 257)
+INT32 = [-(2**31), -1, 0, 2**30, 2**31 - 1]
+INT32_GRAY = [0, 127, 128, 191, 255]  # round((v + 2**31) * 255 / (2**32 - 1)): 0, 127.49.., 127.50.., 191.25.., 255
+FLOAT = [-2.0, 0.0, 1.0, 6.0]
+FLOAT_GRAY = [0, 64, 96, 255]  # the image's own range -2..6: (v + 2) * 255 / 8 = 0, 63.75, 95.625, 255
+
+
+def wide_gray(path: Path, values: list, dtype, fmt: str) -> Path:
+    Image.fromarray(np.array([values], dtype)).save(path, format=fmt)
+    return path
+
+
+WIDE_CASES = {
+    "uint16 png": ("gray16.png", UINT16, np.uint16, "PNG", UINT16_GRAY),
+    "uint16 tiff": ("gray16.tif", UINT16, np.uint16, "TIFF", UINT16_GRAY),
+    "int32 tiff": ("int32.tif", INT32, np.int32, "TIFF", INT32_GRAY),
+    "float tiff": ("float.tif", FLOAT, np.float32, "TIFF", FLOAT_GRAY),
+}
+
+
+@pytest.mark.parametrize("case", WIDE_CASES.values(), ids=WIDE_CASES.keys())
+def test_wide_gray_images_are_rescaled_to_8_bits_never_clipped(tmp_path: Path, case):
+    name, values, dtype, fmt, expected = case
+    path = wide_gray(tmp_path / name, values, dtype, fmt)
+    gray = np.array([expected], np.uint8)
+    for pixels in (read_image(path), read_image(path.read_bytes(), name), read_image_for(path, fit=(64, 64))[0]):
+        assert pixels.dtype == np.uint8 and pixels.shape == (1, len(values), 3)
+        np.testing.assert_array_equal(pixels, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_a_signed_16_bit_tiff_is_scaled_by_the_int16_range_not_int32s(tmp_path: Path):
+    # Pillow opens int16 TIFFs as 32-bit mode "I"; the file's tags say it is int16. OpenCV writes one.
+    import cv2
+
+    path = tmp_path / "int16.tif"
+    assert cv2.imwrite(str(path), np.array([[-32768, -129, 0, 257, 32767]], np.int16))
+    # round((v + 32768) / 257): 0, 126.99.., 127.50.., 128.50.., 255
+    np.testing.assert_array_equal(read_image(path)[..., 0], [[0, 127, 128, 129, 255]])
+
+
+def test_an_int32_image_that_its_range_would_flatten_is_refused_not_returned_flat(tmp_path: Path):
+    path = wide_gray(tmp_path / "narrow.tif", [0, 4095], np.int32, "TIFF")  # 12-bit data in an int32 file
+    with pytest.raises(SegpipeError, match=r"narrow\.tif: its values 0\.\.4095 use so little of the int32 range .*one flat gray"):
+        read_image(path)
+    flat = wide_gray(tmp_path / "constant.tif", [7, 7], np.int32, "TIFF")  # constant: nothing is lost
+    np.testing.assert_array_equal(read_image(flat)[..., 0], [[128, 128]])
+
+
+def test_a_float_image_with_nan_pixels_is_refused_by_name(tmp_path: Path):
+    path = wide_gray(tmp_path / "nodata.tif", [0.0, float("nan"), 1.0], np.float32, "TIFF")
+    with pytest.raises(SegpipeError, match=r"nodata\.tif: a float image with NaN or infinite pixels"):
+        read_image(path)
+
+
+def test_a_constant_float_image_is_black_not_an_error(tmp_path: Path):
+    path = wide_gray(tmp_path / "flat.tif", [3.5, 3.5], np.float32, "TIFF")
+    np.testing.assert_array_equal(read_image(path), np.zeros((1, 2, 3), np.uint8))
+
+
+def test_48_bit_rgb_keeps_its_colours(tmp_path: Path):
+    # Pillow writes no 48-bit PNG; this is one by hand: IHDR bit depth 16, colour type 2 (RGB).
+    import struct
+    import zlib
+
+    rgb16 = np.array([[[65535, 0, 32768], [256, 512, 1024]]], ">u2")  # big-endian, as PNG stores it
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb16)  # filter byte 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 2, 1, 16, 2, 0, 0, 0)
+    path = tmp_path / "rgb48.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    # Pillow keeps the high byte of each 16-bit channel
+    np.testing.assert_array_equal(read_image(path), np.array([[[255, 0, 128], [1, 2, 4]]], np.uint8))
+
+
 def tiff_pages(path: Path, colours: list[tuple[int, int, int]], size=(6, 4)) -> Path:
     """A multi-page TIFF, one flat colour per page."""
     pages = [Image.new("RGB", size, colour) for colour in colours]

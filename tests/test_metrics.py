@@ -189,9 +189,9 @@ def test_ignore_index_must_not_be_a_class():
 
 def test_scores_are_read_only():
     scores = image_scores(TARGET, PREDICTION, num_classes=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
         scores.per_class["iou"][0] = 1.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="assignment destination is read-only"):
         scores.present[0] = False
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.helpers import BROWSER_FLAGS, REPO, chromium_path
 
@@ -61,8 +62,9 @@ def test_the_offline_template_draws_the_charts_from_local_vega_with_the_network_
 
 def test_without_local_vega_the_page_says_so_and_shows_the_png_renderings(tmp_path: Path):
     project = tmp_path / "project"
-    project.mkdir()
-    (project / "plots").symlink_to(REPO / "plots")  # the committed PNGs
+    for name in ("train/loss.png", "train/miou.png", "eval/class_scores.png"):  # what train and evaluate write
+        (project / "plots" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(project / "plots" / name)
     shown = open_offline(render_page(project), Path(os.environ.get("SEGPIPE_SCREENSHOTS", tmp_path)) / "plots-no-vega.png")
     assert shown["charts"] == 0 and shown["message"]
     assert len(shown["images"]) == 3 and all(width > 0 for width in shown["images"])

@@ -205,6 +205,27 @@ def test_parallel_runs_on_a_fresh_sqlite_store_all_succeed(tmp_path: Path):
     assert len(mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
 
 
+def test_a_run_whose_experiment_another_run_just_created_is_still_tracked(mlflow_env, monkeypatch):
+    # Four runs start at once on a tracking server: all find no experiment, one creates it, and
+    # the others' create fails with RESOURCE_ALREADY_EXISTS. Here another process "won" just
+    # before this one's create.
+    uri = tracking.tracking_uri()
+    mlflow.MlflowClient(uri).create_experiment("raced")
+    looked_up, looks = mlflow.get_experiment_by_name, []
+
+    def look_up(name: str):  # the first look happened before the other run created it
+        looks.append(name)
+        return None if len(looks) == 1 else looked_up(name)
+
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", look_up)
+    tracker = tracking.Tracker()
+    tracker.start("raced", None, {"train": {"lr": 0.1}}, {})
+    tracker.end()
+    assert tracker.enabled and tracker.run_id is not None
+    experiment = looked_up("raced")
+    assert [r.info.run_id for r in mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])] == [tracker.run_id]
+
+
 def test_params_are_logged_in_the_spelling_of_params_yaml():
     flat = tracking.flatten({"model": {"cbam": True, "backbone": "vgg16"}, "augment": {"blur_sigma": [0.3, 1.5]}})
     assert flat == {"model.cbam": "true", "model.backbone": "vgg16", "augment.blur_sigma": "[0.3, 1.5]"}

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from segpipe.errors import SegpipeError
 
@@ -153,11 +153,6 @@ class TrainSection(Section):
             raise ValueError("loss: at least one of ce, focal, dice must be above 0")
         return self
 
-    @property
-    def input_size(self) -> int:
-        """The square side the model is trained on: patch_size with patches, else image_size."""
-        return self.patch_size if self.sampling == "patches" else self.image_size
-
 
 class EvaluateSection(Section):
     batch_size: int = Field(default=4, ge=1)  # validation images per forward pass
@@ -201,26 +196,6 @@ class Params(Section):
         if weights and len(weights) != len(self.base.classes):
             raise ValueError(
                 f"train.class_weights has {len(weights)} values but base.classes has {len(self.base.classes)}"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _patch_fits_the_model_stride(self, info: ValidationInfo) -> Params:
-        # The stride is the model registry's knowledge, and this module imports no phase: whoever
-        # loads params for training passes `required_multiple` (see `parse_params`).
-        required_multiple = (info.context or {}).get(REQUIRED_MULTIPLE)
-        if required_multiple is None or self.train.sampling != "patches":
-            return self
-        try:
-            multiple = required_multiple(self.model.backbone)
-        except SegpipeError as exc:  # an unknown backbone: reported with the file's name
-            raise ValueError(str(exc)) from None
-        size = self.train.patch_size
-        if size % multiple:
-            nearest = max(1, round(size / multiple)) * multiple
-            raise ValueError(
-                f"train.patch_size {size} must be a multiple of {multiple} for model.backbone "
-                f"{self.model.backbone} (its total stride); try {nearest}"
             )
         return self
 
@@ -272,30 +247,17 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-# The validation-context key of a function backbone name -> input multiple (the model registry's
-# `required_multiple`); given, `train.patch_size` is checked against it at load time.
-REQUIRED_MULTIPLE = "required_multiple"
-
-RequiredMultiple = Callable[[str], int]
-
-
-def parse_params(
-    data: object, source: str = "params.yaml", *, required_multiple: RequiredMultiple | None = None
-) -> Params:
+def parse_params(data: object, source: str = "params.yaml") -> Params:
     """Validate already-parsed YAML data into `Params`; errors name `source` and each bad key.
-
-    Args:
-        required_multiple: the model registry's `required_multiple`; when given, a
-            `train.patch_size` that the backbone's stride does not divide is refused here, before
-            any data is read or any run is started.
-    """
+    (Whether the model's input fits its stride is the training stage's check,
+    `training.stage.check_model_input`: it needs the model registry.)"""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise SegpipeError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     try:
         # JSON mode lets YAML lists stand for tuples while keeping strict scalar types.
-        return Params.model_validate_json(json.dumps(data), context={REQUIRED_MULTIPLE: required_multiple})
+        return Params.model_validate_json(json.dumps(data))
     except ValidationError as exc:
         raise SegpipeError(_describe(exc, source)) from None
     except TypeError as exc:  # a value JSON cannot hold, e.g. a YAML date
@@ -304,8 +266,8 @@ def parse_params(
         raise SegpipeError(f"{source}: nested too deeply to read (thousands of levels); params are two or three levels deep") from None
 
 
-def load_params(path: Path | str = "params.yaml", *, required_multiple: RequiredMultiple | None = None) -> Params:
-    """Load and validate a params file (`required_multiple` as in `parse_params`)."""
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Load and validate a params file."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -317,7 +279,7 @@ def load_params(path: Path | str = "params.yaml", *, required_multiple: Required
         raise SegpipeError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:
         raise SegpipeError(f"{path}: nested too deeply to read (thousands of levels); params are two or three levels deep") from None
-    params = parse_params(data, str(path), required_multiple=required_multiple)
+    params = parse_params(data, str(path))
     params._spelling = yaml_spelling(yaml.compose(text), text)
     return params
 

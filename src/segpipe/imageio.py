@@ -90,8 +90,63 @@ def read_image(source: Path | bytes, name: str | None = None) -> np.ndarray:
         name: how to call the image in error messages (defaults to the path).
     """
     name = name or str(source)
-    image = ImageOps.exif_transpose(_open_checked(source, name))
-    return np.asarray(image.convert("RGB"))
+    return to_rgb(_open_checked(source, name), name)
+
+
+# Pillow's single-channel modes wider than 8 bits; `convert("RGB")` would clip them at 255.
+_WIDE_INTEGER_MODES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32}
+# TIFF tags that say what Pillow's 32-bit mode "I" really holds (it also opens int16 and uint16 as "I").
+_BITS_PER_SAMPLE, _SAMPLE_FORMAT, _SIGNED = 258, 339, 2
+
+
+def _integer_type(image: Image.Image) -> type[np.integer]:
+    """The integer type the file stores: Pillow's mode "I" stands for several."""
+    if image.mode != "I":
+        return _WIDE_INTEGER_MODES[image.mode]
+    if image.format == "PNG":  # a 16-bit gray PNG, in Pillow versions that opened it as "I"
+        return np.uint16
+    tags = getattr(image, "tag_v2", {})
+    bits, sample_format = (tags.get(tag) for tag in (_BITS_PER_SAMPLE, _SAMPLE_FORMAT))
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    signed = (sample_format[0] if isinstance(sample_format, tuple) else sample_format) == _SIGNED
+    return {8: (np.uint8, np.int8), 16: (np.uint16, np.int16)}.get(bits, (np.uint32, np.int32))[signed]
+
+
+def to_rgb(image: Image.Image, name: str) -> np.ndarray:
+    """A decoded image as (H, W, 3) uint8 RGB, EXIF orientation applied; 16- and 32-bit gray images
+    are rescaled, never clipped.
+
+    Integer images (16-bit PNG/TIFF, 16- and 32-bit TIFF) are scaled by their type's full range, so
+    one value maps to one gray level in every image: uint16 v -> round(v / 257), int32 v ->
+    round((v + 2**31) * 255 / (2**32 - 1)); one whose values all fall into one gray level that way
+    is refused rather than returned flat. A float image has no such range: its own minimum and
+    maximum become 0 and 255 (a constant image becomes 0); NaN or infinite pixels are refused.
+    Every other mode (8-bit, palette, 48-bit RGB, which Pillow reads as 8-bit RGB) is Pillow's RGB.
+    """
+    # The file's own type is read before the EXIF turn, whose copy keeps no format or TIFF tags.
+    dtype = _integer_type(image) if image.mode in _WIDE_INTEGER_MODES else None
+    image = ImageOps.exif_transpose(image)
+    if dtype is not None:
+        info = np.iinfo(dtype)
+        values = np.asarray(image).astype(np.float64)
+        gray = np.rint((values - info.min) * (255 / (int(info.max) - int(info.min))))
+        if values.size and gray.min() == gray.max() and values.min() != values.max():
+            raise SegpipeError(
+                f"{name}: its values {values.min():g}..{values.max():g} use so little of the {np.dtype(dtype).name} "
+                "range that, rescaled by it to 8 bits, the picture is one flat gray; save it as 16-bit or float"
+            )
+    elif image.mode == "F":
+        values = np.asarray(image).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise SegpipeError(
+                f"{name}: a float image with NaN or infinite pixels, which have no gray level; "
+                "replace them (e.g. by the image's minimum) and save it again"
+            )
+        low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+        gray = np.rint((values - low) * (255 / (high - low))) if high > low else np.zeros_like(values)
+    else:
+        return np.asarray(image.convert("RGB"))
+    return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
 
 
 # EXIF orientations that turn the picture by 90 degrees (stored width is the shown height).
@@ -129,7 +184,7 @@ def read_image_for(
             image.draft("RGB", (needed_h, needed_w) if turned else (needed_w, needed_h))
         image.load()
     _note_pages(image, str(source))
-    return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), full_hw
+    return to_rgb(image, str(source)), full_hw
 
 
 def read_mask(path: Path) -> Image.Image:

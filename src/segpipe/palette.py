@@ -5,6 +5,8 @@ Shared by predict, evaluate's figures and the web page, so a class has one colou
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -51,6 +53,14 @@ def output_mask(labels: np.ndarray, num_classes: int) -> Image.Image:
     if num_classes == 2:
         return Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8), mode="L")
     return mask_image(labels)
+
+
+def mask_png(labels: np.ndarray, num_classes: int) -> bytes:
+    """The PNG file of `output_mask(labels)`: what `predict` writes, the server and the MLflow
+    Model return."""
+    buffer = io.BytesIO()
+    output_mask(labels, num_classes).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def class_colours(num_classes: int) -> np.ndarray:

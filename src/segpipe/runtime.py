@@ -4,9 +4,13 @@ resolved once per run into a `Runtime`."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,16 +18,29 @@ import torch.distributed as dist
 
 from segpipe.errors import SegpipeError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no GPU leases; auto takes cuda:0
+    fcntl = None
 
-def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+log = logging.getLogger(__name__)
+
+LOCK_DIR_ENV = "SEGPIPE_GPU_LOCK_DIR"
+# Seconds between two looks for a free GPU while all are leased.
+LEASE_POLL = 5.0
+
+
+def resolve_device(name: str, setting: str = "train.device", lease: bool = False) -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device.
 
     Args:
         setting: where the user chose `name` (`serve.device`, `--device`), for error messages.
+        lease: with `auto` on CUDA, take a GPU no other segpipe run holds (`lease_gpu`), so that
+            parallel runs (`dvc queue start -j N`) spread over the GPUs instead of all using GPU 0.
     """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", auto_gpu_index(lease))
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -34,6 +51,84 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SegpipeError(f"{setting} is {name} but no CUDA GPU is visible; set {setting} to auto or cpu")
     return device
+
+
+def auto_gpu_index(lease: bool) -> int:
+    """The GPU `auto` means: torchrun's LOCAL_RANK; GPU 0 of what CUDA_VISIBLE_DEVICES shows (the
+    user or the cluster's scheduler chose it); else a leased GPU (or 0 when not leasing)."""
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None or not lease or fcntl is None:
+        return 0
+    return lease_gpu(torch.cuda.device_count())
+
+
+_held: tuple[int, int] | None = None  # (GPU index, lock file descriptor), kept open until exit
+
+
+def lease_dir() -> Path:
+    """Where the per-GPU lock files live: $SEGPIPE_GPU_LOCK_DIR, else one folder in the system's
+    temporary directory, shared by every user's runs on this machine."""
+    return Path(os.environ.get(LOCK_DIR_ENV) or Path(tempfile.gettempdir()) / "segpipe-gpu-locks")
+
+
+def lease_gpu(count: int) -> int:
+    """Take the first of `count` GPUs that no other segpipe process holds, and hold it until this
+    process exits: an exclusive `flock` on `<lease_dir>/gpu<K>.lock`, which the OS releases
+    when the process ends, however it ends (SIGKILL, out of memory), so no lease outlives its run.
+
+    While every GPU is held, wait for one (running two trainings on one GPU risks running it out
+    of memory); an explicit `cuda:K` device shares GPU K instead.
+    """
+    global _held
+    if _held is not None:
+        return _held[0]
+    folder = lease_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # shared by all users, like /tmp (fails harmlessly if not ours)
+        folder.chmod(0o1777)
+    waiting_since = None
+    while True:
+        for index in range(count):
+            fd = _try_lock(folder / f"gpu{index}.lock")
+            if fd is not None:
+                _held = (index, fd)
+                log.info("using GPU %d of %d (lease %s)", index, count, folder / f"gpu{index}.lock")
+                return index
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            log.warning(
+                "all %d GPUs are held by other segpipe runs (%s); waiting for one to be free "
+                "(set the device to cuda:K to share GPU K instead)", count, _holders(folder, count)
+            )
+        time.sleep(LEASE_POLL)
+
+
+def _try_lock(path: Path) -> int | None:
+    """An open descriptor of `path` holding an exclusive lock on it, or None if another process
+    holds it. The holder writes its pid into the file, for the message of who holds what."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file: locking needs no write access
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _holders(folder: Path, count: int) -> str:
+    pids = []
+    for index in range(count):
+        with contextlib.suppress(OSError):
+            pids.append(f"GPU {index}: pid {(folder / f'gpu{index}.lock').read_text().strip() or '?'}")
+    return ", ".join(pids)
 
 
 @dataclass(frozen=True)
@@ -96,6 +191,8 @@ class Distributed:
         if world_size == 1:
             return cls()
         if not dist.is_initialized():
+            if device.type == "cuda":  # NCCL's own collectives (barrier) use the current device
+                torch.cuda.set_device(device)
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
 
@@ -132,5 +229,5 @@ class Runtime:
     @classmethod
     def resolve(cls, device_name: str) -> Runtime:
         """Pick the device (`auto`, `cpu`, `cuda`, ...) and join torchrun's group if there is one."""
-        device = resolve_device(device_name)
+        device = resolve_device(device_name, lease=True)
         return cls(device=device, precision=Precision.for_device(device), dist=Distributed.from_env(device))

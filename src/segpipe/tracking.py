@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segpipe.config import Params
+from segpipe.project import project_root  # re-exported: tracking.project_root
 
 try:
     import fcntl
@@ -39,26 +40,6 @@ RUN_ID_FILE = "mlflow_run_id.txt"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # Where the evaluate stage puts its per-image scores in the training run (read by `compare`).
 PER_IMAGE_ARTIFACT = "eval/per_image.csv"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The project's root: DVC_ROOT (outside DVC's temporary experiment copies), else git's, else cwd."""
-    start = Path(start or Path.cwd()).resolve()
-    root = Path(os.environ["DVC_ROOT"]).resolve() if os.environ.get("DVC_ROOT") else None
-    if root is None:
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
-            )
-            root = Path(out.stdout.strip())
-        except (OSError, subprocess.CalledProcessError):
-            root = start
-    # A temp or queued experiment runs in <project>/.dvc/tmp/exps/<run>/...: log to <project>.
-    parts = root.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -189,10 +170,7 @@ class Tracker:
 
         def start() -> None:
             mlflow = self._connect()
-            if mlflow.get_experiment_by_name(experiment) is None:
-                # With the default SQLite store, artifacts go beside it; a server keeps its own.
-                local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
-                mlflow.create_experiment(experiment, artifact_location=local)
+            create_experiment(mlflow, experiment)
             mlflow.set_experiment(experiment)
             if run_id is not None:
                 run = mlflow.start_run(run_id=run_id)
@@ -274,6 +252,22 @@ class Tracker:
             return True
 
         return bool(self._guard("mark_killed", mark))
+
+
+def create_experiment(mlflow, name: str) -> None:
+    """Create the experiment `name` unless it exists. Parallel runs on a tracking server (which
+    takes no store lock) race to create it: the losers find it made and use it."""
+    from mlflow.exceptions import MlflowException
+
+    if mlflow.get_experiment_by_name(name) is not None:
+        return
+    # With the default SQLite store, artifacts go beside it; a server keeps its own.
+    local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
+    try:
+        mlflow.create_experiment(name, artifact_location=local)
+    except MlflowException:
+        if mlflow.get_experiment_by_name(name) is None:
+            raise
 
 
 # Seconds a tracking server gets to answer before a stage goes on without tracking.

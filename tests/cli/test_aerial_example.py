@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pipeline.app import app
 from segpipe.config import load_params
 from segpipe.models.checkpoint import load_model
-from segpipe.models.registry import required_multiple
+from segpipe.training.stage import check_model_input
 from segpipe.prep.synthetic import AERIAL_CLASSES, AERIAL_COLORS
 from tests.helpers import REPO, merge
 
@@ -37,7 +37,8 @@ def invoke(*args) -> str:
 
 
 def test_the_shipped_aerial_params_describe_the_aerial_sample_and_train_on_patches():
-    params = load_params(REPO / "params-aerial.yaml", required_multiple=required_multiple)
+    params = load_params(REPO / "params-aerial.yaml")
+    check_model_input(params)
     assert params.base.classes == AERIAL_CLASSES
     assert params.data.format == "masks" and params.data.mask_colors == AERIAL_COLORS
     assert params.train.sampling == "patches"
@@ -61,7 +62,7 @@ def test_the_aerial_walkthrough_runs_every_command_with_its_params_file(tmp_path
     invoke("predict", models / "best.pt", raw / "images", "--out", tmp_path / "pred", "--device", "cpu", "--quiet")
 
     loaded = load_model(models / "best.pt")
-    assert (loaded.sampling, loaded.image_size, loaded.classes) == ("patches", 32, AERIAL_CLASSES)
+    assert (type(loaded.spec).__name__, loaded.image_size, loaded.classes) == ("PatchInput", 32, AERIAL_CLASSES)
     assert {f"iou_{name}" for name in AERIAL_CLASSES} <= set(json.loads((metrics / "eval.json").read_text()))
     mask = Image.open(tmp_path / "pred" / "aerial_000.png")
     assert mask.mode == "P" and mask.size == (96, 96) and np.asarray(mask).max() < len(AERIAL_CLASSES)

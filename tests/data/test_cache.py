@@ -1,7 +1,11 @@
-"""The decoded cache: entries are the shaped samples, decoded once, reused by content, rebuilt when damaged."""
+"""The decoded cache: entries are the shaped samples, decoded once, reused by content, rebuilt when
+damaged or when they belong to another key; an unusable cache folder is warned about, not fatal."""
 
 from __future__ import annotations
 
+import builtins
+import errno
+import logging
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -199,3 +203,113 @@ def test_a_mask_of_another_size_than_its_image_is_refused_naming_both(tmp_path: 
     with pytest.raises(SegpipeError, match=r"q\.png: mask of size 100x160 does not match its image .*p\.jpg of size 120x160"):
         DecodedCache(tmp_path / "cache").letterboxed(mixed, 32)
     assert entries(tmp_path / "cache") == []
+
+
+def test_an_entry_copied_over_another_is_rebuilt_with_its_own_pixels(tmp_path: Path, decodes, caplog):
+    a, b = (make_photo(tmp_path / "photos", name, (120, 160), seed=seed) for name, seed in (("a", 1), ("b", 2)))
+    cache = DecodedCache(tmp_path / "cache")
+    a_image, a_mask = cache.letterboxed(a, 32)
+    b_image, _ = cache.letterboxed(b, 32)
+    assert not np.array_equal(a_image, b_image)
+    path_a = cache.entry_path(a, Letterboxed(32))
+    shutil.copy(cache.entry_path(b, Letterboxed(32)), path_a)  # a whole, valid entry: header, length, CRC
+    decodes.calls = 0
+    with caplog.at_level(logging.WARNING):
+        image, mask = DecodedCache(tmp_path / "cache").letterboxed(a, 32)
+    np.testing.assert_array_equal(image, a_image)
+    np.testing.assert_array_equal(mask, a_mask)
+    assert decodes.calls == 1
+    assert f"{path_a}: this decoded-cache entry holds the key" in caplog.text
+    assert DecodedCache(tmp_path / "cache").warm([a, b], Letterboxed(32)) == 0  # rebuilt with its own key
+
+
+def full_disk(path, mode="r", *args, **kwargs):
+    """`open` of a disk that fills up: a write gets half its bytes on disk, then ENOSPC."""
+    handle = builtins.open(path, mode, *args, **kwargs)
+    if "w" not in mode:
+        return handle
+
+    class Full:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            handle.close()
+
+        def write(self, data):
+            handle.write(bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    return Full()
+
+
+def read_only(path, mode="r", *args, **kwargs):
+    if "w" in mode:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return builtins.open(path, mode, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("fake_open", "reason"), [(full_disk, "No space left"), (read_only, "Read-only")], ids=["full", "read-only"])
+def test_a_full_or_read_only_cache_warns_once_and_training_reads_on_without_it(tmp_path, monkeypatch, caplog, fake_open, reason):
+    photos = [make_photo(tmp_path / "photos", f"p{i}", (120, 160), seed=i) for i in range(3)]
+    expected = [Letterboxed(32).build(p) for p in photos]
+    monkeypatch.setattr(cache_module, "open", fake_open, raising=False)
+    cache = DecodedCache(tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        assert cache.warm(photos, Letterboxed(32), workers=1) == 0
+        for photo, (image, mask) in zip(photos, expected):
+            got = cache.letterboxed(photo, 32)
+            np.testing.assert_array_equal(got[0], image)
+            np.testing.assert_array_equal(got[1], mask)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"{cache.entry_path(photos[0], Letterboxed(32))}: cannot write this decoded-cache entry ({reason}" in warnings[0]
+    assert "going on without the cache" in warnings[0] and "train.cache: false" in warnings[0]
+    assert [p for p in (tmp_path / "cache").rglob("*") if p.is_file()] == []  # no partial entry, no temporary
+
+
+def test_an_entry_that_is_a_folder_is_named_and_its_sample_decoded_instead(tmp_path: Path, caplog):
+    sample = make_photo(tmp_path / "photos", "p", (120, 160))
+    cache = DecodedCache(tmp_path / "cache")
+    path = cache.entry_path(sample, Letterboxed(32))
+    path.mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        image, mask = cache.letterboxed(sample, 32)
+        cache.letterboxed(sample, 32)
+    expected_image, expected_mask = Letterboxed(32).build(sample)
+    np.testing.assert_array_equal(image, expected_image)
+    np.testing.assert_array_equal(mask, expected_mask)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path}: cannot read this decoded-cache entry"), warnings
+    assert path.is_dir()
+    other = make_photo(tmp_path / "photos", "q", (120, 160), seed=3)  # the rest of the cache still works
+    cache.letterboxed(other, 32)
+    assert cache.entry_path(other, Letterboxed(32)).is_file()
+
+
+def test_a_cache_dir_that_is_a_file_is_named_and_left_alone(tmp_path: Path, monkeypatch, caplog):
+    sample = make_photo(tmp_path / "photos", "p", (120, 160))
+    not_a_folder = tmp_path / "cache.txt"
+    not_a_folder.write_text("my notes")
+    monkeypatch.setenv(CACHE_ENV, str(not_a_folder))
+    with caplog.at_level(logging.WARNING):
+        cache = DecodedCache.default()
+        assert cache.warm([sample], Letterboxed(32)) == 0
+        image, mask = cache.letterboxed(sample, 32)
+    np.testing.assert_array_equal(image, Letterboxed(32).build(sample)[0])
+    assert f"{not_a_folder}: the decoded-cache folder is a file" in caplog.text and CACHE_ENV in caplog.text
+    assert not_a_folder.read_text() == "my notes"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc, where no folder can be made")
+def test_a_cache_folder_that_cannot_be_created_is_given_up_after_one_warning(tmp_path: Path, caplog, monkeypatch):
+    photos = [make_photo(tmp_path / "photos", f"p{i}", (120, 160), seed=i) for i in range(3)]
+    writes = CountingCalls(cache_module._write_entry)
+    monkeypatch.setattr(cache_module, "_write_entry", writes)
+    cache = DecodedCache(Path("/proc/segpipe-cache-test"))  # a real filesystem refusing mkdir (ENOENT)
+    with caplog.at_level(logging.WARNING):
+        assert cache.warm(photos, Letterboxed(32), workers=1) == 0
+        image, _ = cache.letterboxed(photos[1], 32)
+    np.testing.assert_array_equal(image, Letterboxed(32).build(photos[1])[0])
+    assert writes.calls == 1  # not one failing write per sample and epoch
+    assert caplog.text.count("cannot write this decoded-cache entry") == 1 and "going on without the cache" in caplog.text

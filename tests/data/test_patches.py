@@ -10,6 +10,7 @@ from PIL import Image
 
 from segpipe.data import cache as cache_module
 from segpipe.data.letterbox import MEAN_PAD_VALUE
+from segpipe.data.spec import spec_from_train
 from segpipe.data.patches import MemoryScaledCache, PatchDataset, class_points, crop_start, cut
 from segpipe.imageio import IGNORE_INDEX, write_mask
 from segpipe.layout import Sample
@@ -24,7 +25,7 @@ def write_sample(root: Path, image: np.ndarray, mask: np.ndarray, name: str = "s
 
 
 def patch_config(**train):
-    return tiny_params({"sampling": "patches", "patch_size": 16, "patches_per_image": 3, **train}).train
+    return spec_from_train(tiny_params({"sampling": "patches", "patch_size": 16, "patches_per_image": 3, **train}).train)
 
 
 def test_cut_copies_the_window_and_fills_what_lies_outside():

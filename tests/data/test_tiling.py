@@ -8,8 +8,9 @@ import torch
 
 from segpipe.data.letterbox import to_tensor
 from segpipe.errors import SegpipeError
+from segpipe.data.spec import LetterboxInput
 from segpipe.inference.predictor import Predictor, class_map
-from segpipe.data.tiling import Tiling, patch_tiling, predict_tiled, tiled_bands, weight_window, window_starts
+from segpipe.data.tiling import Tiling, predict_tiled, tiled_bands, weight_window, window_starts
 from tests.helpers import PixelwiseModel, random_image, tiny_checkpoint
 
 def test_window_starts_cover_the_length_and_end_flush():
@@ -29,7 +30,7 @@ def test_weight_window_peaks_in_the_middle_and_stays_positive(kind):
 
 @pytest.mark.parametrize("tile", [64, 100])
 def test_one_tile_covering_the_image_equals_untiled_prediction(tmp_path, tile):
-    predictor = Predictor(tiny_checkpoint(tmp_path / "best.pt", image_size=32))
+    predictor = Predictor.from_checkpoint(tiny_checkpoint(tmp_path / "best.pt", image_size=32))
     image = random_image(40, 64)
     tiled = predict_tiled(predictor.predict_batch, image, Tiling(tile, 0.25), keep_probs=True)[1]
     torch.testing.assert_close(tiled, predictor.predict_probs(image), atol=1e-5, rtol=0)
@@ -40,7 +41,7 @@ def test_one_tile_covering_the_image_equals_untiled_prediction(tmp_path, tile):
 def test_blending_many_tiles_of_a_pixelwise_model_reproduces_the_per_pixel_answer(window, overlap):
     # tile == image_size: windows are not resized, so every window predicts each pixel exactly as
     # the whole image does, and the blend is right only if the weights are normalised per pixel.
-    predictor = Predictor.from_model(PixelwiseModel(), ["a", "b", "c"], image_size=16)
+    predictor = Predictor(PixelwiseModel(), ["a", "b", "c"], LetterboxInput(16))
     image = random_image(53, 70, seed=4)
     with torch.no_grad():
         expected = torch.softmax(predictor.model(to_tensor(image)[None]), 1)[0]
@@ -48,7 +49,7 @@ def test_blending_many_tiles_of_a_pixelwise_model_reproduces_the_per_pixel_answe
     torch.testing.assert_close(tiled, expected, atol=1e-5, rtol=0)
 
 def test_bands_cover_every_row_once_and_stay_one_tile_high():
-    predictor = Predictor.from_model(PixelwiseModel(), ["a", "b", "c"], image_size=16)
+    predictor = Predictor(PixelwiseModel(), ["a", "b", "c"], LetterboxInput(16))
     bands = list(tiled_bands(predictor.predict_batch, random_image(75, 40), Tiling(16, 0.5)))
     tops = [top for top, _ in bands]
     heights = [band.shape[1] for _, band in bands]
@@ -64,7 +65,7 @@ def test_tiles_larger_than_image_size_are_resized_to_it():
             seen.append(tuple(x.shape[-2:]))
             return super().forward(x)
 
-    predictor = Predictor.from_model(Recorder(), ["a", "b", "c"], image_size=16)
+    predictor = Predictor(Recorder(), ["a", "b", "c"], LetterboxInput(16))
     labels = predict_tiled(predictor.predict_batch, random_image(70, 90), Tiling(32, 0.25))[0]
     assert labels.shape == (70, 90) and labels.dtype == np.uint8
     assert set(seen) == {(16, 16)}
@@ -74,10 +75,3 @@ def test_bad_tiling_arguments_are_errors():
         Tiling(16, overlap=1.0)
     with pytest.raises(SegpipeError, match="window"):
         Tiling(16, window="box")
-
-
-@pytest.mark.parametrize(("patch", "scale", "tile"), [(256, 1.0, 256), (256, 0.5, 512), (96, 0.3, 320), (90, 0.3, 300), (64, 3.0, 21)])
-def test_patch_tiling_cuts_windows_that_the_training_scale_maps_onto_the_patch(patch, scale, tile):
-    tiling = patch_tiling(patch, scale)
-    assert tiling.tile == tile
-    assert round(tiling.tile * scale) <= patch  # a whole window fits the model input at that scale

@@ -30,7 +30,7 @@ def test_dvc_repro_runs_the_aerial_walkthrough(tmp_path: Path):
     run(["git", "commit", "-qm", "the aerial walk-through"], root)
     run(["dvc", "repro"], root)
 
-    assert load_model(root / "models" / "best.pt").sampling == "patches"
+    assert load_model(root / "models" / "best.pt").spec.to_dict()["mode"] == "patches"
     scores = json.loads((root / "metrics" / "eval.json").read_text())
     assert {f"iou_{name}" for name in AERIAL_CLASSES} <= set(scores)
     assert json.loads((root / "metrics" / "data.json").read_text())["images"] == 8

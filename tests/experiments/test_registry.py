@@ -88,7 +88,7 @@ def test_published_checkpoint_has_no_training_state(registry, tmp_path):
     published_keys = set(load_checkpoint(path))
     trained_keys = set(load_checkpoint(registry["models"]["exp-a"] / "best.pt"))
     assert {"optimizer", "epoch", "rng"} <= trained_keys - published_keys
-    assert {"model", "model_args", "classes", "image_size", "params"} <= published_keys
+    assert {"model", "model_args", "classes", "input", "params"} <= published_keys
 
 
 def test_promote_by_experiment_name_sets_the_alias_that_loads_the_same_masks(registry, tmp_path):

@@ -6,6 +6,7 @@ import mlflow.pyfunc
 import pandas as pd
 import pytest
 
+from segpipe.errors import SegpipeError
 from segpipe.inference.mlflow_model import CHECKPOINT_ARTIFACT, SegmentationModel, signature
 from segpipe.inference.prediction import PredictOptions, predict_paths
 from tests.helpers import png_bytes, random_image, tiny_checkpoint
@@ -57,7 +58,7 @@ def test_params_tile_and_tta_match_predicts_options(saved):
 def test_a_row_that_is_not_an_image_is_named(saved):
     root, _, _ = saved
     model = mlflow.pyfunc.load_model(str(root / "model"))
-    with pytest.raises(Exception, match=r"row 0 of column 'image': not an image"):
+    with pytest.raises(SegpipeError, match=r"row 0 of column 'image': not an image"):
         model.predict(pd.DataFrame({"image": [b"plain text"]}))
 
 

@@ -26,7 +26,7 @@ from tests.helpers import make_processed, tiny_checkpoint
 def balance(checkpoint: Path, images: list[Path]) -> Path:
     """Shift the head's lesion bias so that a random-weight model predicts lesion on about half the
     pixels of `images` (untrained, it predicts one class everywhere, which would test little)."""
-    predictor = Predictor(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
     probs = torch.cat([p.flatten(1) for p in predictor.predict_batch([read_image(i) for i in images])], dim=1)
     margin = torch.log(probs[1] / probs[0]).median()
     saved = load_checkpoint(checkpoint)
@@ -89,7 +89,7 @@ def test_tiled_evaluation_of_a_patch_model_scores_exactly_its_predict_masks(tmp_
     samples = val_samples(make_processed(tmp_path / "processed", count=5, size=(40, 56)), tmp_path)
     checkpoint = tiny_checkpoint(tmp_path / "models" / "best.pt", image_size=16, train=PATCHES)
     checkpoint = balance(checkpoint, [s.image for s in samples])
-    assert Predictor(checkpoint).tiling.tile == 21
+    assert Predictor.from_checkpoint(checkpoint).tiling.tile == 21
     assert_predict_masks_score_what_evaluate_reports(checkpoint, samples, tmp_path)
 
 
@@ -97,7 +97,7 @@ def test_predict_tile_overrides_a_patch_models_own_windows(tmp_path):
     checkpoint = tiny_checkpoint(tmp_path / "best.pt", image_size=16, train=PATCHES)
     image_path = save_image(tmp_path / "in" / "big.png", 50, 70, seed=2)
     image = np.asarray(Image.open(image_path))
-    predictor = Predictor(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint)
     written = {}
     for tile, out in ((None, "own"), (40, "forty")):
         predict_paths(checkpoint, [str(image_path)], tmp_path / out, PredictOptions(tile=tile, probs=True), progress=False)
@@ -187,7 +187,7 @@ def test_predict_uses_the_checkpoint_preprocessing(tmp_path):
     image_path = save_image(tmp_path / "in" / "p.png", 45, 21, seed=5)
     predict_paths(checkpoint, [str(image_path)], tmp_path / "out", progress=False)
     image = np.asarray(Image.open(image_path))
-    expected = Predictor(checkpoint).predict_probs(image).argmax(0).numpy()
+    expected = Predictor.from_checkpoint(checkpoint).predict_probs(image).argmax(0).numpy()
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "p.png")) == 255, expected == 1)
 
 

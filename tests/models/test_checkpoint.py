@@ -20,6 +20,8 @@ from segpipe.models.checkpoint import (
     save_checkpoint,
     write_deployment_checkpoint,
 )
+from segpipe.data.spec import LetterboxInput, PatchInput, spec_from_train
+from segpipe.inference.predictor import Predictor
 from segpipe.training.loop import fit
 from tests.helpers import tiny_params, tiny_samples
 
@@ -57,7 +59,7 @@ def test_checkpoints_load_with_weights_only_and_carry_their_config(trained):
         "cbam_kernel": 7, "base_channels": 4, "pretrained": "none",
     }
     assert raw["classes"] == ["background", "lesion"]
-    assert raw["image_size"] == 32
+    assert raw["input"] == {"mode": "letterbox", "size": 32}
     assert raw["params"]["train"]["save_period"] == 2
     assert [row["epoch"] for row in raw["history"]] == [1, 2, 3, 4]
 
@@ -83,7 +85,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path
         raise OSError("No space left on device")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", save_half_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(SegpipeError, match=rf"{re.escape(str(path))}: cannot write the checkpoint \(No space left on device\)"):
         save_checkpoint(path, {"model": {}, "model_args": {}, "epoch": 2})
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
     assert load_checkpoint(path)["epoch"] == 1
@@ -126,36 +128,56 @@ def test_the_deployment_checkpoint_keeps_the_model_and_drops_the_training_state(
     assert deployed.stat().st_size < (models / "best.pt").stat().st_size / 2
 
 
+def contents_of(model, params) -> dict:
+    """What training writes for `model` trained with `params`, without the training state."""
+    return checkpoint_contents(model, spec_from_train(params.train), params.base.classes, params.model_dump(mode="json"))
+
+
 def test_model_keys_are_exactly_what_checkpoint_contents_writes_without_training_state(trained):
     models, state = trained
-    params = tiny_params()
-    assert tuple(checkpoint_contents(state.model, params)) == MODEL_KEYS
+    assert tuple(contents_of(state.model, tiny_params())) == MODEL_KEYS
 
 
-def test_a_patch_model_records_its_sampling_and_takes_its_patch_size_as_input(tmp_path: Path):
-    train = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5, "image_size": 64}
+def test_a_patch_model_stores_its_input_spec_once(tmp_path: Path):
+    train = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.5, "image_size": 64, "patches_per_image": 3}
     params = tiny_params(train)
-    model = build_model(params.model, len(params.base.classes))
-    save_checkpoint(tmp_path / "best.pt", checkpoint_contents(model, params))
+    model = build_model(len(params.base.classes), **params.model.model_dump())
+    save_checkpoint(tmp_path / "best.pt", contents_of(model, params))
     raw = load_checkpoint(tmp_path / "best.pt")
-    assert raw["sampling"] == {"mode": "patches", "patch_size": 16, "patch_scale": 0.5}
-    assert raw["image_size"] == 16  # the model's input is the patch, not the letterbox canvas
+    assert raw["input"] == {"mode": "patches", "size": 16, "scale": 0.5, "per_image": 3, "class_balance": 0.33}
+    assert "image_size" not in raw and "sampling" not in raw
     loaded = load_model(tmp_path / "best.pt")
-    assert (loaded.sampling, loaded.patch_scale, loaded.image_size) == ("patches", 0.5, 16)
+    assert loaded.spec == PatchInput(16, 0.5, 3, 0.33) and loaded.image_size == 16
+
+
+def old_format_checkpoint(path: Path, train: dict, sampling: dict | None) -> Path:
+    """A checkpoint as training wrote it before input specs: image_size + sampling + params."""
+    params = tiny_params(train)
+    contents = contents_of(build_model(2, **params.model.model_dump()), params)
+    del contents["input"]
+    contents["image_size"] = train.get("patch_size", 32) if sampling else 32
+    if sampling is not None:
+        contents["sampling"] = sampling
+    save_checkpoint(path, contents)
+    return path
+
+
+def test_old_format_patch_checkpoints_keep_loading_with_their_spec(tmp_path: Path):
+    train = {"sampling": "patches", "patch_size": 16, "patch_scale": 0.6, "patches_per_image": 2, "patch_class_balance": 0.5}
+    path = old_format_checkpoint(tmp_path / "old.pt", train, {"mode": "patches", "patch_size": 16, "patch_scale": 0.6})
+    assert load_model(path).spec == PatchInput(16, 0.6, 2, 0.5)
+    assert Predictor.from_checkpoint(path).tiling.tile == 26  # floor(16 / 0.6) = floor(26.67)
 
 
 def test_a_checkpoint_from_before_patch_training_loads_as_a_letterbox_model(tmp_path: Path):
-    params = tiny_params()
-    contents = checkpoint_contents(build_model(params.model, 2), params)
-    del contents["sampling"]
-    save_checkpoint(tmp_path / "old.pt", contents)
-    loaded = load_model(tmp_path / "old.pt")
-    assert (loaded.sampling, loaded.image_size) == ("letterbox", 32)
+    path = old_format_checkpoint(tmp_path / "old.pt", {}, None)  # no "sampling" at all
+    assert load_model(path).spec == LetterboxInput(32)
+    assert Predictor.from_checkpoint(path).tiling is None
 
 
-def test_an_unknown_sampling_mode_is_refused_by_name(tmp_path: Path):
+def test_an_unknown_input_mode_is_refused_by_name(tmp_path: Path):
     params = tiny_params()
-    contents = checkpoint_contents(build_model(params.model, 2), params)
-    save_checkpoint(tmp_path / "odd.pt", {**contents, "sampling": {"mode": "mosaic", "patch_scale": 1.0}})
-    with pytest.raises(SegpipeError, match=r"odd\.pt: unknown sampling 'mosaic', expected one of letterbox, patches"):
+    contents = contents_of(build_model(2, **params.model.model_dump()), params)
+    save_checkpoint(tmp_path / "odd.pt", {**contents, "input": {"mode": "mosaic", "size": 16}})
+    with pytest.raises(SegpipeError, match=r"odd\.pt: unknown input mode 'mosaic', expected letterbox or patches"):
         load_model(tmp_path / "odd.pt")

@@ -19,7 +19,7 @@ SMALL = {"plain": dict(base_channels=4), "vgg16": {}, "resnet50": {}}
 
 
 def small_model(backbone: str, **kwargs):
-    return build_model(ModelSection(backbone=backbone, **SMALL[backbone], **kwargs), 2)
+    return build_model(2, **ModelSection(backbone=backbone, **SMALL[backbone], **kwargs).model_dump())
 
 
 def encoder_state(model) -> dict[str, torch.Tensor]:
@@ -84,14 +84,14 @@ def test_wrong_input_size_says_size_multiple_and_fix(backbone, size, multiple, s
 
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(SegpipeError) as error:
-        build_model(ModelSection(backbone="resnet18"), 2)
+        build_model(2, **ModelSection(backbone="resnet18").model_dump())
     for name in BACKBONES:
         assert name in str(error.value)
 
 
 def test_even_cbam_kernel_is_rejected():
     with pytest.raises(SegpipeError, match="odd"):
-        build_model(ModelSection(backbone="plain", cbam=True, cbam_kernel=4, base_channels=4), 2)
+        build_model(2, **ModelSection(backbone="plain", cbam=True, cbam_kernel=4, base_channels=4).model_dump())
 
 
 @pytest.mark.parametrize("backbone", ["plain", "resnet50"])
@@ -134,7 +134,7 @@ def test_pretrained_from_torchvision_vgg16_file(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(source, path)
 
-    model = build_model(ModelSection(backbone="vgg16", pretrained=str(path)), 2)
+    model = build_model(2, **ModelSection(backbone="vgg16", pretrained=str(path)).model_dump())
     report = model.load_report
     # 13 convs (weight + bias) in features; the 3 classifier linears are skipped
     assert report.loaded == 26 and report.missing == []
@@ -155,7 +155,7 @@ def test_pretrained_from_torchvision_resnet50_file(tmp_path, caplog):
     path = tmp_path / "resnet50.pt"
     torch.save(source, path)
 
-    model = build_model(ModelSection(backbone="resnet50", pretrained=str(path)), 2)
+    model = build_model(2, **ModelSection(backbone="resnet50", pretrained=str(path)).model_dump())
     assert model.load_report == LoadReport(
         loaded=len(source) - 2, skipped=["fc.weight", "fc.bias"], missing=[],
         loaded_encoder=len(source) - 2,
@@ -188,18 +188,18 @@ def test_pretrained_file_of_another_backbone_is_rejected(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(small_model("plain").state_dict(), path)
     with pytest.raises(SegpipeError, match="no encoder tensor"):
-        build_model(ModelSection(backbone="vgg16", pretrained=str(path)), 2)
+        build_model(2, **ModelSection(backbone="vgg16", pretrained=str(path)).model_dump())
 
 
 def test_missing_pretrained_path_is_named(tmp_path):
     path = tmp_path / "nope.pth"
     with pytest.raises(SegpipeError, match="nope.pth"):
-        build_model(ModelSection(backbone="vgg16", pretrained=str(path)), 2)
+        build_model(2, **ModelSection(backbone="vgg16", pretrained=str(path)).model_dump())
 
 
 def test_plain_has_no_imagenet_weights():
     with pytest.raises(SegpipeError, match="no ImageNet weights"):
-        build_model(ModelSection(backbone="plain", pretrained="imagenet"), 2)
+        build_model(2, **ModelSection(backbone="plain", pretrained="imagenet").model_dump())
 
 
 @pytest.fixture
@@ -218,7 +218,7 @@ def empty_torch_home(tmp_path, monkeypatch) -> Path:
 def test_imagenet_not_cached_fails_fast_with_path_and_fix(empty_torch_home):
     # Fails before any download is tried: the fixture makes a download attempt an AssertionError.
     with pytest.raises(SegpipeError) as error:
-        build_model(ModelSection(backbone="resnet50", pretrained="imagenet"), 2)
+        build_model(2, **ModelSection(backbone="resnet50", pretrained="imagenet").model_dump())
     message = str(error.value)
     expected_path = empty_torch_home / "checkpoints" / "resnet50-11ad3fa6.pth"
     assert str(expected_path) in message
@@ -233,16 +233,16 @@ def test_imagenet_loads_the_cached_file(empty_torch_home):
     cached.parent.mkdir(parents=True)
     torch.save(source, cached)
 
-    model = build_model(ModelSection(backbone="resnet50", pretrained="imagenet"), 2)
+    model = build_model(2, **ModelSection(backbone="resnet50", pretrained="imagenet").model_dump())
     assert model.load_report.loaded == len(source) - 2
     assert torch.equal(model.encoder.stages[2][0].conv1.weight, source["layer2.0.conv1.weight"])
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_model_args_rebuild_the_same_architecture(backbone):
-    model = build_model(ModelSection(backbone=backbone, cbam=True, cbam_reduction=8, cbam_kernel=3, base_channels=4), 3)
+    model = build_model(3, **ModelSection(backbone=backbone, cbam=True, cbam_reduction=8, cbam_kernel=3, base_channels=4).model_dump())
     args = model.model_args()
-    rebuilt = build_model(ModelSection(**{k: v for k, v in args.items() if k != "num_classes"}), args["num_classes"])
+    rebuilt = build_model(**args)
     assert rebuilt.model_args() == model.model_args()
     shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}  # noqa: E731
     assert shapes(rebuilt) == shapes(model)

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from segpipe.inference.prediction import PredictOptions, predict_paths
@@ -78,16 +77,14 @@ def test_predict_returns_the_mask_file_predict_writes(server, fields, options):
     assert body == predict_file(server, data, "photo", **options)
 
 
-def test_patch_trained_models_are_tiled_by_default_when_larger_than_a_patch(tmp_path):
-    checkpoint = tiny_checkpoint(tmp_path / "best.pt")
-    contents = torch.load(checkpoint, weights_only=True)
-    contents["params"]["train"].update(sampling="patches", patch_size=16, patch_scale=1.0)
-    torch.save(contents, checkpoint)
+def test_patch_trained_models_are_tiled_by_default_whatever_their_size_as_predict_does(tmp_path):
+    checkpoint = tiny_checkpoint(tmp_path / "best.pt", train={"sampling": "patches", "patch_size": 16, "patch_scale": 1.0})
     service = ModelService(checkpoint)
     assert service.describe()["tiles_by_default"] and service.tiling == Tiling(16, 0.25, batch_size=8)
     large, small = random_image(20, 30, seed=5), random_image(12, 16, seed=5)
     assert service.predict(png_bytes(large), "large").tiled
-    assert not service.predict(png_bytes(small), "small").tiled
+    # Smaller than a window: one window of its own extent, at the training scale, as `predict` does.
+    assert service.predict(png_bytes(small), "small").tiled
     assert not service.predict(png_bytes(large), "large", tile="off").tiled
 
 

@@ -10,6 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from segpipe.data import cache as cache_module
+from segpipe.data.spec import spec_from_train
 from segpipe.runtime import Distributed, Precision, Runtime
 from segpipe.training import loop
 from segpipe.training.loaders import EpochBatches, TrainData, epoch_order
@@ -44,7 +45,7 @@ def test_epoch_batches_are_the_epoch_order_in_batches_dropping_a_short_last_one_
 def test_one_loader_serves_every_epoch_of_a_phase_and_its_workers_persist(samples, tmp_path: Path):
     params = tiny_params({"workers": 1})
     runtime = Runtime(torch.device("cpu"), Precision.for_device(torch.device("cpu")), Distributed())
-    data = TrainData(params, samples, samples, runtime, channels_last=False)
+    data = TrainData(params.train, spec_from_train(params.train), params.base.seed, samples, samples, runtime, channels_last=False)
     first, second = data.train_loader(0, 2), data.train_loader(1, 2)
     assert first.loader is second.loader and first.loader.persistent_workers
     assert data.train_loader(2, 1).loader is not first.loader  # another phase, another batch size

@@ -115,7 +115,7 @@ def test_a_non_finite_loss_stops_with_the_epoch_and_keeps_the_last_good_checkpoi
 
 
 def test_image_size_off_the_model_stride_is_refused_with_a_size_that_works(samples, tmp_path: Path):
-    with pytest.raises(SegpipeError, match=r"train\.image_size 40 must be a multiple of 16 .*try 32"):
+    with pytest.raises(SegpipeError, match=r"train\.image_size 40 must be a multiple of 16 .*try 48"):
         fit(tiny_params({"image_size": 40}), samples, samples, tmp_path / "models", progress=False)
 
 

@@ -156,23 +156,24 @@ def test_gradient_flows_to_logits(logits, target):
 
 
 @pytest.mark.parametrize(
-    "config",
+    ("config", "message"),
     [
-        dict(ce=0.0, focal=0.0, dice=0.0),
-        dict(ce=-1.0),
-        dict(focal=1.0, focal_gamma=-0.5),
-        dict(focal=1.0, focal_alpha=1.5),
-        dict(class_weights=[1.0, -2.0]),
-        dict(dice=float("nan")),
+        (dict(ce=0.0, focal=0.0, dice=0.0), r"^train\.loss\.ce, train\.loss\.focal and train\.loss\.dice are all 0"),
+        (dict(ce=-1.0), r"^train\.loss\.ce must be a finite number >= 0, got -1\.0"),
+        (dict(focal=1.0, focal_gamma=-0.5), r"^train\.focal_gamma must be >= 0, got -0\.5"),
+        (dict(focal=1.0, focal_alpha=1.5), r"^train\.focal_alpha must be in \[0, 1\] or null, got 1\.5"),
+        (dict(class_weights=[1.0, -2.0]), r"^train\.class_weights must be non-negative"),
+        (dict(dice=float("nan")), r"^train\.loss\.dice must be a finite number >= 0, got nan"),
     ],
 )
-def test_invalid_config_raises(config):
-    with pytest.raises(SegpipeError):
+def test_invalid_config_names_the_params_key(config, message):
+    # Each message names a key that exists in params.yaml (train.*), not a made-up `loss.*`.
+    with pytest.raises(SegpipeError, match=message):
         SegmentationLoss(**config)
 
 
 def test_class_weight_count_must_match_classes(logits, target):
-    with pytest.raises(SegpipeError, match="3 values but the model predicts 2 classes"):
+    with pytest.raises(SegpipeError, match=r"^train\.class_weights has 3 values but the model predicts 2 classes"):
         SegmentationLoss(ce=1.0, class_weights=[1.0, 1.0, 1.0])(logits, target)
 
 

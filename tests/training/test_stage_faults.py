@@ -20,7 +20,7 @@ from tests.helpers import dead_pid, tiny_params, tiny_samples, train_outputs_in
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"train": {"image_size": 40}}, r"train\.image_size 40 must be a multiple of 16 .*try 32"),
+        ({"train": {"image_size": 40}}, r"train\.image_size 40 must be a multiple of 16 .*try 48"),
         ({"model": {"pretrained": "/no/such/weights.pt"}}, r"model\.pretrained: weights file '/no/such/weights\.pt' does not exist"),
         ({"model": {"backbone": "vgg19"}}, r"unknown model\.backbone 'vgg19'"),
         ({"model": {"cbam": True, "cbam_kernel": 4}}, r"kernel"),

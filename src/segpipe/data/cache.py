@@ -22,11 +22,17 @@ DVC's temporary experiment copies and a re-checkout give the same files new path
 and must reuse the same entries), the shaping, and the versions of this format, Pillow and
 OpenCV. The files are hashed once per `DecodedCache` object (one run), which costs one read of
 the sources. An entry is `<root>/<shaping>/<key>.seg`: a header (magic, height, width, CRC-32 of
-the pixels) and then the image and mask bytes. It is written through a temporary file and a
+the pixels, the key) and then the image and mask bytes; an entry whose header holds another key
+(one copied or restored over it) is rebuilt with a warning, never returned. It is written through a temporary file and a
 rename, so several processes building the same entry at once each write their own temporary
 file and the last rename wins with identical content; a reader never sees half a file. A file
 whose header, length or checksum is wrong is rebuilt, never returned. The checksum is checked
 the first time this object reads an entry, not on every epoch.
+
+A cache folder that cannot be read or written (full, read-only, a file where a folder should be,
+a folder where an entry should be) is warned about once per kind of error, naming the path, and
+training goes on without it: the entry is decoded in memory each time it is needed. A read-only
+cache whose entries are all present is still read.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import errno
 import struct
 import zlib
 from collections.abc import Sequence
@@ -50,7 +57,7 @@ from segpipe.data.letterbox import Letterbox, resize_image, resize_mask
 from segpipe.errors import SegpipeError
 from segpipe.imageio import atomic_write, read_class_mask, read_image_for
 from segpipe.layout import Sample
-from segpipe.tracking import project_root
+from segpipe.project import project_root
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +65,12 @@ CACHE_ENV = "SEGPIPE_CACHE_DIR"
 DEFAULT_FOLDER = Path(".cache") / "segpipe"
 # Bump when what an entry holds changes (a new resize rule, a new layout); old entries are then
 # never read again and can be deleted.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the key in the header
 _MAGIC = b"SEGPIPE-DECODED\x00"
-_HEADER = struct.Struct("<16sIII")  # magic, height, width, CRC-32 of image + mask bytes
+_HEADER = struct.Struct("<16sIII16s")  # magic, height, width, CRC-32 of image + mask bytes, key
+# Write errors that say the whole folder is unusable (so later writes are not even tried), as
+# opposed to one bad entry (a folder in its place).
+_FOLDER_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EEXIST, errno.ENOENT}
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,12 @@ class DecodedCache:
         self.root = Path(root)
         self._digests: dict[tuple[Path, Path], str] = {}  # source content, hashed once per object
         self._verified: set[Path] = set()  # entries whose checksum this object has checked
+        self._warned: set[int | None] = set()  # errnos already warned about (one warning per kind)
+        self._unwritable = False  # the folder refused a write: stop trying
+        self._off = self.root.exists() and not self.root.is_dir()
+        if self._off:
+            log.warning("%s: the decoded-cache folder is a file; going on without the cache (images are decoded "
+                        "again every epoch). Point %s at a folder, or move the file away", self.root, CACHE_ENV)
 
     @classmethod
     def default(cls) -> DecodedCache:
@@ -139,16 +155,18 @@ class DecodedCache:
 
     def get(self, sample: Sample, shaping: Shaping) -> tuple[np.ndarray, np.ndarray]:
         """The sample's entry for `shaping`, built (and stored) first if missing or corrupt."""
+        if self._off:
+            return shaping.build(sample)
         path = self.entry_path(sample, shaping)
         entry = self._read(path, shaping)
         if entry is None:
             entry = shaping.build(sample)
-            _write_entry(path, *entry)
-            self._verified.add(path)
+            self._store(path, entry)
         return entry
 
     def warm(self, samples: Sequence[Sample], shaping: Shaping, *, workers: int = 0, progress: bool = False) -> int:
-        """Check every sample's entry and build the missing or corrupt ones; returns how many were built.
+        """Check every sample's entry and build the missing or corrupt ones; returns how many were
+        built and stored (a cache folder that refuses writes stores none, with one warning).
 
         Args:
             samples: the samples a run will read.
@@ -175,19 +193,50 @@ class DecodedCache:
         return self.root / shaping.folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.seg"
 
     def _ensure(self, sample: Sample, shaping: Shaping) -> bool:
-        path = self.entry_path(sample, shaping)
-        if self._read(path, shaping) is not None:
+        if self._off:
             return False
-        _write_entry(path, *shaping.build(sample))
+        path = self.entry_path(sample, shaping)
+        if self._read(path, shaping) is not None or self._unwritable:
+            return False
+        return self._store(path, shaping.build(sample))
+
+    def _store(self, path: Path, entry: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Write the entry; False (after a warning) when the cache folder refuses it."""
+        if self._unwritable:
+            return False
+        try:
+            _write_entry(path, *entry)
+        except OSError as exc:
+            self._unwritable = exc.errno in _FOLDER_ERRORS
+            self._warn(exc, f"{path}: cannot write this decoded-cache entry ({exc.strerror or exc}); going on "
+                       f"without {'the cache' if self._unwritable else 'it'}, so its images are decoded again every "
+                       f"epoch. Free space or make {self.root} a writable folder, point {CACHE_ENV} at "
+                       "another folder, or set train.cache: false")
+            return False
         self._verified.add(path)
         return True
 
+    def _warn(self, exc: OSError, message: str) -> None:
+        if exc.errno not in self._warned:
+            self._warned.add(exc.errno)
+            log.warning("%s", message)
+
     def _read(self, path: Path, shaping: Shaping) -> tuple[np.ndarray, np.ndarray] | None:
-        entry = _read_entry(path, verify=path not in self._verified)
+        try:
+            entry = _read_entry(path, verify=path not in self._verified)
+        except OSError as exc:  # a folder in its place, a file in place of the cache folder, no permission
+            self._warn(exc, f"{path}: cannot read this decoded-cache entry ({exc.strerror or exc}); decoding its "
+                       f"image instead. Remove what is there, or point {CACHE_ENV} at a cache folder")
+            return None
         if entry is None:
             if path.exists():
                 log.warning("%s: corrupt decoded-cache entry, rebuilding it", path)
             return None
+        if entry[2] != path.stem:
+            log.warning("%s: this decoded-cache entry holds the key %s, another sample's or shaping's (copied or "
+                        "restored over it?); rebuilding it", path, entry[2])
+            return None
+        entry = entry[:2]
         if isinstance(shaping, Letterboxed) and entry[1].shape != (shaping.size, shaping.size):
             log.warning("%s: cache entry of the wrong size %s, rebuilding it", path, entry[1].shape)
             return None
@@ -218,7 +267,7 @@ def _write_entry(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     image, mask = np.ascontiguousarray(image), np.ascontiguousarray(mask)
     height, width = mask.shape
     checksum = zlib.crc32(mask.data, zlib.crc32(image.data))
-    header = _HEADER.pack(_MAGIC, height, width, checksum)
+    header = _HEADER.pack(_MAGIC, height, width, checksum, bytes.fromhex(path.stem))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
@@ -229,8 +278,9 @@ def _write_entry(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _read_entry(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """(image (h, w, 3), mask (h, w)) of an entry file, or None when it is missing or damaged."""
+def _read_entry(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(image (h, w, 3), mask (h, w), the key in its header) of an entry file, or None when it is
+    missing or damaged; OSError when it cannot be read (a folder, no permission)."""
     try:
         with open(path, "rb") as handle:
             data = np.empty(os.fstat(handle.fileno()).st_size, np.uint8)  # not zero-filled, unlike bytearray
@@ -239,11 +289,11 @@ def _read_entry(path: Path, *, verify: bool) -> tuple[np.ndarray, np.ndarray] | 
         return None
     if read != len(data) or len(data) < _HEADER.size:
         return None
-    magic, height, width, checksum = _HEADER.unpack_from(data)
+    magic, height, width, checksum, key = _HEADER.unpack_from(data)
     pixels = height * width
     if magic != _MAGIC or not pixels or len(data) != _HEADER.size + 4 * pixels:
         return None
     flat = data[_HEADER.size :]
     if verify and zlib.crc32(flat) != checksum:
         return None
-    return flat[: 3 * pixels].reshape(height, width, 3), flat[3 * pixels :].reshape(height, width)
+    return flat[: 3 * pixels].reshape(height, width, 3), flat[3 * pixels :].reshape(height, width), key.hex()

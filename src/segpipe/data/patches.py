@@ -22,16 +22,19 @@ per process, keep it in memory).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segpipe.config import TrainSection
 from segpipe.data.cache import Scaled
 from segpipe.data.letterbox import MEAN_PAD_VALUE
 from segpipe.imageio import IGNORE_INDEX
 from segpipe.layout import Sample
+
+if TYPE_CHECKING:  # data.spec builds PatchDataset, so it is imported for the annotation only
+    from segpipe.data.spec import PatchInput
 
 # (sample, scale) -> (image (H, W, 3) uint8, mask (H, W) uint8) of the whole image scaled by scale.
 ScaledLoader = Callable[[Sample, float], tuple[np.ndarray, np.ndarray]]
@@ -98,17 +101,17 @@ class PatchDataset(Dataset):
 
     Args:
         samples: the training images.
-        config: the train section (patch_size, patch_scale, patches_per_image, patch_class_balance).
+        spec: the `data.spec.PatchInput` input spec (size, scale, per_image, class_balance).
         seed: base.seed; with the epoch and the item index it fixes every draw.
         load: where scaled whole images come from.
     """
 
     keyed_by_epoch = True  # the loader asks for (epoch, index) keys (`training.loaders.EpochBatches`)
 
-    def __init__(self, samples: Sequence[Sample], config: TrainSection, *, seed: int, load: ScaledLoader) -> None:
+    def __init__(self, samples: Sequence[Sample], spec: PatchInput, *, seed: int, load: ScaledLoader) -> None:
         self.samples = list(samples)
-        self.patch, self.scale = config.patch_size, config.patch_scale
-        self.per_image, self.balance = config.patches_per_image, config.patch_class_balance
+        self.patch, self.scale = spec.size, spec.scale
+        self.per_image, self.balance = spec.per_image, spec.class_balance
         self.seed, self.load = seed, load
         self._points: dict[int, dict[int, np.ndarray]] = {}
 

@@ -14,7 +14,6 @@ label map. `predict_tiled` is the entry point.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +37,11 @@ MAX_PROBS_BYTES = 2 * 1024**3
 # covered by a single window, and a weight near 0 there would make sum / weight ill-conditioned.
 MIN_WEIGHT = 1e-3
 
+# The one overlap of neighbouring windows wherever none is asked for (predict --overlap, the
+# server, the MLflow Model, validation): different overlaps blend differently, and their masks
+# must be the same bytes.
+DEFAULT_OVERLAP = 0.25
+
 
 @dataclass(frozen=True)
 class Tiling:
@@ -53,7 +57,7 @@ class Tiling:
     """
 
     tile: int
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     window: Window = "gaussian"
     batch_size: int = 4
 
@@ -65,14 +69,6 @@ class Tiling:
             )
         if self.window not in WINDOWS:
             raise SegpipeError(f"unknown blending window {self.window!r}; choose one of {', '.join(WINDOWS)}")
-
-
-def patch_tiling(patch_size: int, patch_scale: float, batch_size: int = 4) -> Tiling:
-    """The windows of a model trained on `patch_size` crops of images scaled by `patch_scale`:
-    floor(patch_size / patch_scale) source pixels, so a window scaled by patch_scale fills the
-    model's patch_size input (letterboxing it with `max_scale=patch_scale` keeps that scale)."""
-    # The epsilon keeps e.g. 90 / 0.3 = 299.99999999999994 from flooring to 299.
-    return Tiling(max(1, math.floor(patch_size / patch_scale + 1e-9)), batch_size=batch_size)
 
 
 def predict_tiled(

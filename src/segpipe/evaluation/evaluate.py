@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,27 +109,19 @@ def evaluate(
     """
     if not samples:
         raise SegpipeError("no images to evaluate: the validation list is empty; check the split stage's val.txt")
-    predictor = Predictor(checkpoint, resolve_device(config.device, "evaluate.device"))
+    predictor = Predictor.from_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device", lease=True))
     check_classes(checkpoint, predictor.classes, classes)
-    batch_size = config.batch_size
     classes = predictor.classes
     matrix = ConfusionMatrix(len(classes))
     results: list[ImageResult] = []
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True) as bar:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
-            pairs = [load_pair(sample, fit=predictor.canvas) for sample in chunk]
-            label_maps = predictor.class_maps(
-                [image for image, _ in pairs], batch_size, full_sizes=[mask.shape for _, mask in pairs]
-            )
-            for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
-                try:
-                    matrix.update(mask, labels)
-                except SegpipeError as exc:  # the message names the bad value; add the file
-                    raise SegpipeError(f"{sample.mask}: {exc}") from None
-                results.append(ImageResult(sample.id, image_scores(mask, labels, len(classes))))
-            bar.update(len(chunk))
+        for sample, mask, labels in scored_labels(predictor, samples, config.batch_size):
+            try:
+                matrix.update(mask, labels)
+            except SegpipeError as exc:  # the message names the bad value; add the file
+                raise SegpipeError(f"{sample.mask}: {exc}") from None
+            results.append(ImageResult(sample.id, image_scores(mask, labels, len(classes))))
+            bar.update()
     scores = matrix.compute()
     metrics = scores.as_dict(classes)
     info = {"images": len(samples), "absent_classes": metrics.pop("absent_classes")}
@@ -143,6 +135,20 @@ def evaluate(
     figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
     return report
+
+
+def scored_labels(
+    predictor: Predictor, samples: Sequence[Sample], batch_size: int
+) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
+    """(sample, its (H, W) mask, the predicted (H, W) uint8 labels) of each sample: what is scored,
+    `batch_size` images read and predicted at a time."""
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
+        pairs = [load_pair(sample, fit=predictor.canvas) for sample in chunk]
+        label_maps = predictor.class_maps([image for image, _ in pairs], full_sizes=[mask.shape for _, mask in pairs])
+        for sample, (_, mask), labels in zip(chunk, pairs, label_maps):
+            yield sample, mask, labels
 
 
 def check_classes(checkpoint: Path, trained: Sequence[str], expected: Sequence[str] | None) -> None:

@@ -5,7 +5,7 @@ in JSON requests to `mlflow models serve`). Output: a DataFrame with one column 
 the very file `predict` writes for that image (base64 in JSON responses). Params, as `predict`'s
 options: `tta` (bool) and `tile` (0: as `predict` without --tile; N: N x N windows) with `overlap`.
 
-    bytes --decode_image--> (H, W, 3) --predict_labels--> (H, W) uint8 --mask_png--> PNG bytes
+    bytes --read_image--> (H, W, 3) --Predictor.predict_image--> (H, W) uint8 --mask_png--> PNG bytes
 """
 
 from __future__ import annotations
@@ -17,17 +17,10 @@ import mlflow.pyfunc
 import pandas as pd
 
 from segpipe.errors import SegpipeError
+from segpipe.imageio import read_image
 from segpipe.inference.predictor import Predictor
-from segpipe.inference.single import (
-    DEFAULT_OVERLAP,
-    TILE_BATCH,
-    checkpoint_tiling,
-    decode_image,
-    mask_png,
-    predict_labels,
-)
-from segpipe.data.tiling import Tiling
-from segpipe.models.checkpoint import load_model
+from segpipe.data.tiling import DEFAULT_OVERLAP
+from segpipe.palette import mask_png
 
 INPUT_COLUMN = "image"
 OUTPUT_COLUMN = "mask"
@@ -39,21 +32,17 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
     """Predicts masks with the checkpoint stored among the model's artifacts under `checkpoint`."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        loaded = load_model(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
-        self.predictor = Predictor.from_model(loaded.model, loaded.classes, loaded.image_size)
-        self.default_tiling = checkpoint_tiling(loaded.params)
+        self.predictor = Predictor.from_checkpoint(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """One mask PNG per row of `model_input[INPUT_COLUMN]`."""
         options = {**DEFAULT_PARAMS, **(params or {})}
-        tiling = self.default_tiling
-        if options["tile"]:
-            tiling = Tiling(int(options["tile"]), float(options["overlap"]), batch_size=TILE_BATCH)
+        tiling = self.predictor.windows(int(options["tile"]) or None, float(options["overlap"]))
         images = _image_column(model_input)
         masks = []
         for index, data in enumerate(images):
-            image = decode_image(data, f"row {index} of column {INPUT_COLUMN!r}")
-            labels = predict_labels(self.predictor, image, tiling, tta=bool(options["tta"]))
+            image = read_image(bytes(data), f"row {index} of column {INPUT_COLUMN!r}")
+            labels, _ = self.predictor.predict_image(image, tiling, tta=bool(options["tta"]))
             masks.append(mask_png(labels, self.predictor.num_classes))
         return pd.DataFrame({OUTPUT_COLUMN: masks})
 

@@ -9,7 +9,6 @@ reported and skipped; the others are still predicted. Inputs are never overwritt
 
 from __future__ import annotations
 
-import functools
 import glob
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,10 @@ from tqdm import tqdm
 
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image, read_image_for
-from segpipe.palette import colour_overlay, output_mask
+from segpipe.palette import colour_overlay, mask_png
 from segpipe.inference.predictor import Predictor, class_map
-from segpipe.data.tiling import Tiling, predict_tiled
+from segpipe.data.spec import DEFAULT_WINDOW_BATCH
+from segpipe.data.tiling import DEFAULT_OVERLAP, Tiling
 
 
 @dataclass
@@ -46,19 +46,15 @@ class PredictOptions:
     overlay: bool = False
     probs: bool = False
     tile: int | None = None  # None: as the model was trained (whole letterboxed images, or its patch tiles)
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     tta: bool = False
-    batch_size: int = 8
+    batch_size: int = DEFAULT_WINDOW_BATCH
 
-    def tiling(self, model_tiling: Tiling | None = None) -> Tiling | None:
-        """The window settings: `tile` when set, else the model's own (`Predictor.tiling`, None
-        for a letterbox model: whole images); raises on bad values."""
+    def check(self) -> None:
+        """Raise on bad values before anything is read."""
         if self.batch_size < 1:
             raise SegpipeError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.tile is None and model_tiling is None:
-            return None
-        tile = self.tile if self.tile is not None else model_tiling.tile
-        return Tiling(tile, self.overlap, batch_size=self.batch_size)
+        Tiling(self.tile or 1, self.overlap, batch_size=self.batch_size)
 
 
 def predict_paths(
@@ -84,13 +80,13 @@ def predict_paths(
         inputs whose outputs would share a name, an unreadable checkpoint), before anything is
         written; unreadable images are only reported in the returned report.
     """
-    options.tiling()  # checks the tile settings before anything is read
+    options.check()
     images = resolve_inputs(inputs)
     out_dir = Path(out_dir)
     check_outputs(images, out_dir, options, checkpoint)
-    predictor = Predictor(checkpoint, device)  # an unreadable checkpoint fails before out_dir exists
+    predictor = Predictor.from_checkpoint(checkpoint, device)  # an unreadable checkpoint fails before out_dir exists
     out_dir.mkdir(parents=True, exist_ok=True)
-    tiling = options.tiling(predictor.tiling)  # a patch model brings its own tiles
+    tiling = predictor.windows(options.tile, options.overlap, options.batch_size)  # a patch model brings its own
     report = PredictReport()
     batch = 1 if tiling is not None else options.batch_size
     with tqdm(total=len(images), desc="predict", unit="img", disable=None if progress else True) as bar:
@@ -183,9 +179,8 @@ def _predict(
     """(path, image, labels (H, W) uint8, probs (C, H, W) or None) per image; labels and probs
     at the full size even where the image was decoded at reduced scale."""
     if tiling is not None:
-        predict = functools.partial(predictor.predict_batch, tta=options.tta)
         for path, image, _ in loaded:
-            labels, probs = predict_tiled(predict, image, tiling, keep_probs=options.probs)
+            labels, probs = predictor.predict_image(image, tiling, tta=options.tta, keep_probs=options.probs)
             yield path, image, labels, probs
         return
     all_probs = predictor.predict_batch(
@@ -205,7 +200,8 @@ def write_outputs(
 ) -> Path:
     """Write `<stem>.png` and, as asked, `<stem>_overlay.jpg` and `<stem>_probs.npy`; return the mask's path."""
     mask_path = stem.with_name(f"{stem.name}.png")
-    atomic_write(mask_path, lambda tmp: output_mask(labels, num_classes).save(tmp, format="PNG"))
+    png = mask_png(labels, num_classes)
+    atomic_write(mask_path, lambda tmp: tmp.write_bytes(png))
     if options.overlay:
         overlay = Image.fromarray(colour_overlay(image, labels, num_classes))
         # JPEG: a photo blended with colours is 5-6 MB as a full-resolution PNG, a tenth of that here.

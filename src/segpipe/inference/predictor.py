@@ -7,19 +7,19 @@ therefore score exactly the numbers `evaluate` reports.
     image (H, W, 3) --Letterbox.fit/apply_image--> canvas (S, S) --to_tensor--> model --softmax-->
     (C, S, S) --Letterbox.restore--> (C, H, W)
 
-S is the checkpoint's `image_size`. A photo much larger than S may be decoded at reduced scale
+S is the input spec's `size` (`data.spec`, stored in the checkpoint). A photo much larger than S may be decoded at reduced scale
 (`imageio.read_image_for(path, fit=predictor.canvas)`) and passed with its full size: it is
 resized onto the same canvas and the probabilities still come back at the full (H, W). Large
 images go through `segpipe.data.tiling` with `Predictor.predict_batch` as the function that
-predicts each window. A model trained on patches (`train.sampling: patches`) is never fed a whole
-letterboxed image: `class_maps` tiles every image with windows of patch_size / patch_scale source
-pixels, each scaled by patch_scale into the patch_size input, as it was trained, and windows are
-never enlarged beyond that scale.
+predicts each window. A model trained on patches (a `Patches` spec) is never fed a whole
+letterboxed image: `windows()` are the spec's (floor(size / scale) source pixels, each scaled by
+`scale` into the model's input, as it was trained), and windows are never enlarged beyond that
+scale. `predict_image` is the one way a whole image becomes a class map, for `predict`,
+`evaluate`, the server and the MLflow Model alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,49 +31,59 @@ from torch import nn
 
 from segpipe.errors import SegpipeError
 from segpipe.data.letterbox import predict_letterboxed
-from segpipe.data.tiling import Tiling, patch_tiling, predict_tiled
+from segpipe.data.spec import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, InputSpec
+from segpipe.data.tiling import Tiling, predict_tiled
 from segpipe.models.checkpoint import load_model
 
 
 class Predictor:
-    """A model rebuilt from a checkpoint file alone, ready to predict.
+    """A model ready to predict, fed the way its input spec says.
 
     Args:
-        checkpoint_path: a segpipe checkpoint (best.pt); it says how to rebuild and feed the model.
+        model: the network.
+        classes: its class names, in class-id order.
+        spec: how it was trained (`data.spec`): whole letterboxed images, or patches at a scale.
         device: where the model runs.
     """
 
-    def __init__(self, checkpoint_path: Path, device: torch.device = torch.device("cpu")) -> None:
-        loaded = load_model(checkpoint_path)
-        patch_scale = loaded.patch_scale if loaded.sampling == "patches" else None
-        self._setup(loaded.model, loaded.classes, loaded.image_size, device, patch_scale)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: nn.Module,
-        classes: Sequence[str],
-        image_size: int,
-        device: torch.device = torch.device("cpu"),
-        *,
-        patch_scale: float | None = None,
-    ) -> Predictor:
-        """A predictor around a model already in memory (benchmarks, tests); `patch_scale` for a
-        model trained on image_size patches at that scale, None for a letterbox model."""
-        predictor = cls.__new__(cls)
-        predictor._setup(model, classes, image_size, device, patch_scale)
-        return predictor
-
-    def _setup(
-        self, model: nn.Module, classes: Sequence[str], image_size: int, device: torch.device, patch_scale: float | None
+    def __init__(
+        self, model: nn.Module, classes: Sequence[str], spec: InputSpec, device: torch.device = torch.device("cpu")
     ) -> None:
         self.model = model.to(device).eval()
         self.classes = list(classes)
-        self.image_size = int(image_size)
+        self.spec = spec
         self.device = device
-        self.patch_scale = patch_scale
-        # A patch model's own windows; None: whole images, letterboxed.
-        self.tiling: Tiling | None = None if patch_scale is None else patch_tiling(self.image_size, patch_scale)
+        # How a whole image is predicted by default; None: whole, letterboxed.
+        self.tiling: Tiling | None = spec.tiling()
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: torch.device = torch.device("cpu")) -> Predictor:
+        """The predictor of a segpipe checkpoint (best.pt): it says how to rebuild and feed the model."""
+        loaded = load_model(path)
+        return cls(loaded.model, loaded.classes, loaded.spec, device)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square the model is fed (letterbox canvas or patch)."""
+        return self.spec.size
+
+    def windows(self, tile: int | None = None, overlap: float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_WINDOW_BATCH) -> Tiling | None:
+        """The windows to predict a whole image with: `tile` x `tile` when given, else the
+        spec's own (None for a letterbox model: whole images)."""
+        if tile is None:
+            return self.spec.tiling(batch_size, overlap)
+        return Tiling(tile, overlap, batch_size=batch_size)
+
+    def predict_image(
+        self, image: np.ndarray, tiling: Tiling | None, *, tta: bool = False, keep_probs: bool = False
+    ) -> tuple[np.ndarray, torch.Tensor | None]:
+        """The class map (H, W) uint8 of one whole image, and its probabilities (C, H, W) when
+        `keep_probs`: whole and letterboxed when `tiling` is None, else in its blended windows."""
+        if tiling is None:
+            probs = self.predict_probs(image, tta=tta)
+            return class_map(probs), probs if keep_probs else None
+        predict = functools.partial(self.predict_batch, tta=tta)
+        return predict_tiled(predict, image, tiling, keep_probs=keep_probs)
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +98,7 @@ class Predictor:
         """The (h, w) canvas a whole image is letterboxed into, so that
         `read_image_for(path, fit=predictor.canvas)` decodes a large photo no larger than that
         needs; None for a patch model, which tiles images at its own scale and needs them whole."""
-        return (self.image_size, self.image_size) if self.tiling is None else None
+        return self.spec.canvas
 
     def predict_batch(
         self,
@@ -108,23 +118,22 @@ class Predictor:
                 had been predicted.
         """
         forward = functools.partial(self.canvas_probs, tta=tta)
-        return predict_letterboxed(forward, images, self.image_size, self.patch_scale, full_sizes)
+        return predict_letterboxed(forward, images, self.spec.size, self.spec.max_scale, full_sizes)
 
     def class_maps(
         self,
         images: Sequence[np.ndarray],
-        batch_size: int = 4,
         full_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[np.ndarray]:
-        """The (H, W) uint8 class map of each whole image, the way the model was trained: one
-        letterboxed pass per image (`full_sizes` as in `predict_batch`), or, for a patch model,
-        its own blended tiles (`batch_size` windows per forward pass) of images decoded whole."""
+        """The (H, W) uint8 class map of each whole image as `predict` makes it by default: one
+        letterboxed forward pass for all `images` (`full_sizes` as in `predict_batch`), or, for a patch model, its own blended windows (`self.tiling`, the very
+        windows and batches `predict` uses, so the scores are those of `predict`'s masks) of
+        images decoded whole."""
         if self.tiling is None:
             return [class_map(probs) for probs in self.predict_batch(images, full_sizes=full_sizes)]
         if full_sizes is not None and any(tuple(s) != i.shape[:2] for s, i in zip(full_sizes, images)):
             raise SegpipeError("a patch model tiles images at their full size; do not decode them reduced")
-        tiling = dataclasses.replace(self.tiling, batch_size=batch_size)
-        return [predict_tiled(self.predict_batch, image, tiling)[0] for image in images]
+        return [self.predict_image(image, self.tiling)[0] for image in images]
 
     @torch.no_grad()
     def canvas_probs(self, batch: torch.Tensor, *, tta: bool = False) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Backbone registry, ``build_model``, and loading pretrained weights (offline only).
 
-Each backbone name maps to a builder returning the encoder and the decoder widths that go with
-it; ``build_model`` adds the attention modules, decoder and head, then loads weights.
+One table (`_TABLE`) gives each backbone name its encoder, the decoder widths that go with it and
+the ImageNet weights; ``build_model`` adds the attention modules, decoder and head, then loads
+weights.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from urllib.parse import urlparse
 import torch
 import torchvision
 
-from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
 from segpipe.models.cbam import check_cbam_args, make_attention
 from segpipe.models.encoders import Encoder, PlainEncoder, ResNet50Encoder, VGG16Encoder
@@ -25,38 +25,29 @@ from segpipe.models.unet import UNet, UNetDecoder
 
 logger = logging.getLogger(__name__)
 
-# A builder takes base_channels (only `plain` uses it) and returns the encoder and the decoder's
-# output channels per skip, deepest first.
-Builder = Callable[[int], tuple[Encoder, tuple[int, ...]]]
+@dataclass(frozen=True)
+class Backbone:
+    """One row of the backbone table: how to build its encoder, the decoder widths that go with
+    it (per skip, deepest first; `plain` scales them with base_channels), and the torchvision
+    weights "imagenet" means (None: there are none)."""
+
+    encoder: type[Encoder]
+    decoder_channels: Callable[[int], tuple[int, ...]]
+    imagenet: torchvision.models.WeightsEnum | None = None
+    uses_width: bool = False  # the encoder takes base_channels (only `plain`)
+
+    def build(self, base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
+        encoder = self.encoder(base_channels=base_channels) if self.uses_width else self.encoder()
+        return encoder, self.decoder_channels(base_channels)
 
 
-def _build_plain(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
-    b = base_channels
-    return PlainEncoder(base_channels=b), (8 * b, 4 * b, 2 * b, b)
-
-
-def _build_vgg16(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
+_TABLE: dict[str, Backbone] = {
+    "plain": Backbone(PlainEncoder, lambda b: (8 * b, 4 * b, 2 * b, b), uses_width=True),
     # Decoder widths of the bubbliiiing VGG U-Net: each block outputs its skip's width.
-    return VGG16Encoder(), (512, 256, 128, 64)
-
-
-def _build_resnet50(base_channels: int) -> tuple[Encoder, tuple[int, ...]]:
-    return ResNet50Encoder(), (512, 256, 128, 64)
-
-
-_BUILDERS: dict[str, Builder] = {
-    "plain": _build_plain,
-    "resnet50": _build_resnet50,
-    "vgg16": _build_vgg16,
+    "resnet50": Backbone(ResNet50Encoder, lambda b: (512, 256, 128, 64), torchvision.models.ResNet50_Weights.IMAGENET1K_V2),
+    "vgg16": Backbone(VGG16Encoder, lambda b: (512, 256, 128, 64), torchvision.models.VGG16_Weights.IMAGENET1K_V1),
 }
-BACKBONES: tuple[str, ...] = tuple(_BUILDERS)
-_ENCODERS: dict[str, type[Encoder]] = {"plain": PlainEncoder, "resnet50": ResNet50Encoder, "vgg16": VGG16Encoder}
-
-# torchvision weights whose file "imagenet" means; `plain` has none.
-_IMAGENET_WEIGHTS = {
-    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
-    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V2,
-}
+BACKBONES: tuple[str, ...] = tuple(_TABLE)
 
 
 @dataclass(frozen=True)
@@ -71,45 +62,58 @@ class LoadReport:
 
 def required_multiple(backbone: str) -> int:
     """The input side `backbone`'s U-Net needs a multiple of (its total stride), without building it."""
-    encoder = _ENCODERS.get(backbone)
-    if encoder is None:
-        raise SegpipeError(f"unknown model.backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}")
-    return encoder.STRIDES[-1]
+    return _backbone(backbone).encoder.STRIDES[-1]
 
 
-def build_model(config: ModelSection, num_classes: int) -> UNet:
-    """Build the U-Net that `config` (params.yaml's `model` section) describes.
+def _backbone(name: str) -> Backbone:
+    """The table's row for `name`; an unknown name lists the valid ones."""
+    if name not in _TABLE:
+        raise SegpipeError(f"unknown model.backbone {name!r}; valid backbones: {', '.join(BACKBONES)}")
+    return _TABLE[name]
+
+
+def build_model(
+    num_classes: int,
+    *,
+    backbone: str,
+    base_channels: int,
+    cbam: bool,
+    cbam_reduction: int,
+    cbam_kernel: int,
+    pretrained: str = "none",
+) -> UNet:
+    """Build a U-Net from plain keyword arguments (params.yaml's `model` section:
+    `build_model(n, **params.model.model_dump())`).
 
     Args:
-        config: backbone (one of ``BACKBONES``), CBAM settings, the `plain` width and
-            `pretrained`: "none", "imagenet" (torchvision's file, which must already be in torch
-            hub's cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
-            checkpoint. The result of loading is logged and kept in ``model.load_report``.
         num_classes: output channels (background included).
+        backbone: one of ``BACKBONES``.
+        base_channels: the `plain` U-Net's width (vgg16/resnet50 fix their own).
+        cbam, cbam_reduction, cbam_kernel: CBAM on every skip and the bottleneck, and its settings.
+        pretrained: "none", "imagenet" (torchvision's file, which must already be in torch hub's
+            cache: nothing is downloaded), or a path to a .pt/.pth state dict or segpipe
+            checkpoint. The result of loading is logged and kept in ``model.load_report``.
     """
-    backbone, base_channels = config.backbone, config.base_channels
-    builder = _BUILDERS.get(backbone)
-    if builder is None:
-        raise SegpipeError(
-            f"unknown model.backbone {backbone!r}; valid backbones: {', '.join(BACKBONES)}"
-        )
+    row = _backbone(backbone)
     if num_classes < 1:
         raise SegpipeError(f"num_classes must be at least 1, got {num_classes}")
     if base_channels < 1:
         raise SegpipeError(f"model.base_channels must be at least 1, got {base_channels}")
-    check_cbam_args(reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
+    check_cbam_args(reduction=cbam_reduction, kernel_size=cbam_kernel)
 
-    encoder, decoder_channels = builder(base_channels)
+    encoder, decoder_channels = row.build(base_channels)
     attentions = [
-        make_attention(c, enabled=config.cbam, reduction=config.cbam_reduction, kernel_size=config.cbam_kernel)
+        make_attention(c, enabled=cbam, reduction=cbam_reduction, kernel_size=cbam_kernel)
         for c in encoder.out_channels
     ]
     decoder = UNetDecoder(encoder.out_channels, encoder.strides, decoder_channels)
     model = UNet(
         encoder=encoder, attentions=attentions, decoder=decoder,
-        num_classes=num_classes, config=config,
+        num_classes=num_classes,
+        args={"backbone": backbone, "base_channels": base_channels, "cbam": cbam,
+              "cbam_reduction": cbam_reduction, "cbam_kernel": cbam_kernel},
     )
-    model.load_report = load_pretrained(model, backbone, config.pretrained)
+    model.load_report = load_pretrained(model, backbone, pretrained)
     return model
 
 
@@ -155,11 +159,12 @@ def imagenet_cache_path(backbone: str) -> Path:
     Raises SegpipeError when there are none for the backbone or the file is not cached: the
     pipeline runs offline, so it never downloads.
     """
-    weights = _IMAGENET_WEIGHTS.get(backbone)
+    weights = _TABLE[backbone].imagenet if backbone in _TABLE else None
     if weights is None:
+        with_weights = [name for name, row in _TABLE.items() if row.imagenet is not None]
         raise SegpipeError(
             f"model.pretrained='imagenet': there are no ImageNet weights for the {backbone!r} "
-            f"backbone; use pretrained 'none' or one of {', '.join(_IMAGENET_WEIGHTS)}."
+            f"backbone; use pretrained 'none' or one of {', '.join(with_weights)}."
         )
     filename = os.path.basename(urlparse(weights.url).path)
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from segpipe.config import ModelSection
 from segpipe.errors import SegpipeError
+from segpipe.shapes import next_multiple
 from segpipe.models.encoders import DoubleConv, Encoder
 
 
@@ -96,7 +96,7 @@ class UNet(nn.Module):
             last, on the bottleneck.
         decoder: turns the features into a full-resolution map.
         num_classes: output channels of the 1x1 head.
-        config: the `model` section of params that made this model (`build_model`'s input).
+        args: the keyword arguments of `build_model` that made this architecture (backbone, ...).
     """
 
     def __init__(
@@ -106,7 +106,7 @@ class UNet(nn.Module):
         attentions: Sequence[nn.Module],
         decoder: UNetDecoder,
         num_classes: int,
-        config: ModelSection,
+        args: dict[str, Any],
     ) -> None:
         super().__init__()
         if len(attentions) != len(encoder.out_channels):
@@ -115,7 +115,7 @@ class UNet(nn.Module):
         self.attentions = nn.ModuleList(attentions)
         self.decoder = decoder
         self.head = nn.Conv2d(decoder.out_channels, num_classes, kernel_size=1)
-        self.config = config
+        self.args = dict(args)
         self.num_classes = num_classes
         self._encoder_frozen = False
 
@@ -136,11 +136,10 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         m = self.required_multiple
         if height % m or width % m:
-            # Round up: letterboxing can only pad.
-            valid = (math.ceil(height / m) * m, math.ceil(width / m) * m)
+            valid = (next_multiple(height, m), next_multiple(width, m))
             raise SegpipeError(
                 f"input size {height}x{width} (HxW) is not a multiple of {m}, which the "
-                f"{self.config.backbone} U-Net needs (its total stride); "
+                f"{self.args['backbone']} U-Net needs (its total stride); "
                 f"letterbox (pad) or resize the images to a valid size, e.g. the next one up, "
                 f"{valid[0]}x{valid[1]}."
             )
@@ -164,9 +163,9 @@ class UNet(nn.Module):
         return self
 
     def model_args(self) -> dict[str, Any]:
-        """What rebuilds this architecture: `num_classes` and the model section's keys.
+        """What rebuilds this architecture: `num_classes` and `build_model`'s keyword arguments.
 
         ``pretrained`` is always "none": a checkpoint restores the weights itself, and rebuilding
         from it must not need the ImageNet file or the original weights path.
         """
-        return {"num_classes": self.num_classes, **self.config.model_dump(mode="json"), "pretrained": "none"}
+        return {"num_classes": self.num_classes, **self.args, "pretrained": "none"}

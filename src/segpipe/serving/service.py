@@ -19,11 +19,10 @@ import torch
 from PIL import Image
 
 from segpipe.errors import SegpipeError
+from segpipe.imageio import read_image
 from segpipe.inference.predictor import Predictor
-from segpipe.inference.single import checkpoint_tiling, decode_image, mask_png, predict_labels, window_tiling
 from segpipe.data.tiling import Tiling
-from segpipe.models.checkpoint import load_model
-from segpipe.palette import class_colours
+from segpipe.palette import class_colours, mask_png
 
 TileMode = Literal["auto", "on", "off"]
 TILE_MODES: tuple[str, ...] = ("auto", "on", "off")
@@ -51,13 +50,12 @@ class ModelService:
     """
 
     def __init__(self, checkpoint: Path, device: torch.device = torch.device("cpu"), source: str | None = None) -> None:
-        loaded = load_model(checkpoint)
-        self.predictor = Predictor.from_model(loaded.model, loaded.classes, loaded.image_size, device)
-        # Windows for "tile on"; `tiles_by_default` only for models trained on windows (patches):
-        # a model trained on whole letterboxed images sees objects far smaller than a window at
-        # native scale shows them, and predicts best (as `predict` does by default) whole.
-        self.tiling: Tiling = window_tiling(loaded.params, loaded.image_size)
-        self.tiles_by_default = checkpoint_tiling(loaded.params) is not None
+        self.predictor = Predictor.from_checkpoint(checkpoint, device)
+        # "auto" is what `predict` does by default (the model's own windows for a patch model,
+        # whole images for a letterbox model); "on" uses the model's windows, or for a letterbox
+        # model windows of its input size.
+        self.auto_tiling: Tiling | None = self.predictor.tiling
+        self.tiling: Tiling = self.auto_tiling or self.predictor.windows(self.predictor.image_size)
         self.source = source or str(checkpoint)
         self._lock = threading.Lock()
 
@@ -74,25 +72,26 @@ class ModelService:
             "image_size": self.predictor.image_size,
             "tile": self.tiling.tile,
             "overlap": self.tiling.overlap,
-            "tiles_by_default": self.tiles_by_default,
+            # What "auto" means, decided here once, never by the page: True = in windows.
+            "tiles_by_default": self.auto_tiling is not None,
         }
 
     def predict(self, data: bytes, name: str, tile: TileMode = "auto", tta: bool = False) -> Prediction:
         """Predict the image in `data` (`name` only labels error messages).
 
         tile: "on" predicts in the model's windows (as `predict --tile`), "off" whole and
-        letterboxed, "auto" as `predict` does by default: in windows for patch-trained models
-        (when the image is larger than one), whole otherwise.
+        letterboxed, "auto" as `predict` does by default (`Predictor.tiling`): in windows for
+        patch-trained models, whole otherwise; the masks are the bytes `predict` writes.
         Raises SegpipeError for data that is not a readable image, or a bad `tile`.
         """
         if tile not in TILE_MODES:
             raise SegpipeError(f"tile must be one of {', '.join(TILE_MODES)}, got {tile!r}")
         with self._lock:
             started = time.perf_counter()
-            image = decode_image(data, name)
-            larger = max(image.shape[:2]) > self.tiling.tile
-            tiled = tile == "on" or (tile == "auto" and self.tiles_by_default and larger)
-            labels = predict_labels(self.predictor, image, self.tiling if tiled else None, tta=tta)
+            image = read_image(bytes(data), name)
+            tiling = {"auto": self.auto_tiling, "on": self.tiling, "off": None}[tile]
+            labels, _ = self.predictor.predict_image(image, tiling, tta=tta)
+            tiled = tiling is not None
             png = mask_png(labels, len(self.classes))
             pixels = np.bincount(labels.ravel(), minlength=len(self.classes)).tolist()
             return Prediction(png, labels, pixels, time.perf_counter() - started, tiled)

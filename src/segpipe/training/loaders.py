@@ -17,11 +17,12 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from segpipe.config import Params, TrainSection
+from segpipe.config import TrainSection
 from segpipe.data.batches import DeviceBatches, OnlineAugment, default_online_transforms
 from segpipe.data.cache import DecodedCache, Letterboxed, Scaled, available_cores
 from segpipe.data.dataset import SegmentationDataset
 from segpipe.data.patches import MemoryScaledCache, PatchDataset, ScaledLoader
+from segpipe.data.spec import InputSpec
 from segpipe.layout import Sample
 from segpipe.runtime import Distributed, Runtime, worker_init
 
@@ -114,12 +115,14 @@ class TrainData:
     """The training and validation data of one run: datasets (from the decoded cache when
     `train.cache` is on, built before the first epoch), loaders and the device step.
 
-    With `train.sampling: letterbox`, letterboxed whole images for both. With `patches`, random
-    crops of the training images scaled by `patch_scale`, and the validation images whole at
-    their own size (`scaled`, for tiled validation).
+    The input spec says what the datasets are: letterboxed whole images for both, or random crops
+    of the training images at the spec's scale and the validation images whole at their own
+    size (`scaled`, for tiled validation; `val_loader` is then None).
 
     Args:
-        params: the run's settings (train.*, base.seed).
+        cfg: the train section (cache, batch_size, workers, compile, online_augment).
+        spec: how the model is fed (`data.spec`).
+        seed: base.seed.
         train_samples, val_samples: what to train on and validate with.
         runtime: device and process group.
         channels_last: give the model channels-last batches.
@@ -128,7 +131,9 @@ class TrainData:
 
     def __init__(
         self,
-        params: Params,
+        cfg: TrainSection,
+        spec: InputSpec,
+        seed: int,
         train_samples: Sequence[Sample],
         val_samples: Sequence[Sample],
         runtime: Runtime,
@@ -136,20 +141,15 @@ class TrainData:
         channels_last: bool,
         progress: bool = False,
     ) -> None:
-        cfg = self.cfg = params.train
-        self.seed, self.runtime = params.base.seed, runtime
+        self.cfg, self.spec, self.seed, self.runtime = cfg, spec, seed, runtime
         self.val_samples = list(val_samples)
         cache = DecodedCache.default() if cfg.cache else None
         self.scaled: ScaledLoader = scaled_loader(cache)
-        self.train_set: SegmentationDataset | PatchDataset
-        val_set = None  # patch models are validated on whole images, by `scaled`
-        if cfg.sampling == "patches":
-            self.train_set = PatchDataset(train_samples, cfg, seed=self.seed, load=self.scaled)
-        else:
-            self.train_set = SegmentationDataset(train_samples, cfg.image_size, cache)
-            val_set = SegmentationDataset(val_samples, cfg.image_size, cache)
+        self.train_set = spec.train_dataset(train_samples, seed=seed, cache=cache, load=self.scaled)
+        val_set = spec.val_dataset(val_samples, cache)  # None: validated on whole images, by `scaled`
         if cache is not None:
-            self._warm(cache, [(list(train_samples), train_shaping(cfg)), (self.val_samples, val_shaping(cfg))], progress)
+            parts = [(list(train_samples), spec.train_shaping()), (self.val_samples, spec.val_shaping())]
+            self._warm(cache, parts, progress)
         augment = OnlineAugment(default_online_transforms(), self.seed, len(self.train_set)) if cfg.online_augment else None
         self.to_device = DeviceBatches(runtime.device, channels_last=channels_last, augment=augment)
         self.val_loader: DeviceLoader | None = None
@@ -187,14 +187,3 @@ def scaled_loader(cache: DecodedCache | None) -> ScaledLoader:
     """Where patch training and its tiled validation get whole decoded images, scaled: the decoded
     cache, or with `train.cache: false` a copy in memory per process."""
     return cache.scaled if cache is not None else MemoryScaledCache()
-
-
-def train_shaping(cfg: TrainSection) -> Letterboxed | Scaled:
-    """How training reads its images: letterboxed to image_size, or whole at patch_scale."""
-    return Scaled(cfg.patch_scale) if cfg.sampling == "patches" else Letterboxed(cfg.image_size)
-
-
-def val_shaping(cfg: TrainSection) -> Letterboxed | Scaled:
-    """How validation reads its images: letterboxed to image_size, or whole at their own size
-    (a patch model is validated by tiled prediction at full resolution)."""
-    return Scaled(1.0) if cfg.sampling == "patches" else Letterboxed(cfg.image_size)

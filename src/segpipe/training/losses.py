@@ -188,12 +188,12 @@ def _check_class_weights(class_weights: Tensor | Sequence[float], num_classes: i
     class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
     if class_weights.ndim != 1 or len(class_weights) != num_classes:
         raise SegpipeError(
-            f"loss.class_weights has {class_weights.numel()} values but the model predicts "
+            f"train.class_weights has {class_weights.numel()} values but the model predicts "
             f"{num_classes} classes; give one weight per class."
         )
     if bool((class_weights < 0).any()) or not bool(class_weights.sum() > 0):
         raise SegpipeError(
-            f"loss.class_weights must be non-negative with a positive sum, got {class_weights.tolist()}"
+            f"train.class_weights must be non-negative with a positive sum, got {class_weights.tolist()}"
         )
     return class_weights
 
@@ -201,13 +201,13 @@ def _check_class_weights(class_weights: Tensor | Sequence[float], num_classes: i
 def _check_config(*, ce: float, focal: float, dice: float, focal_alpha: float | None, focal_gamma: float) -> None:
     for name, value in (("ce", ce), ("focal", focal), ("dice", dice)):
         if not math.isfinite(value) or value < 0:
-            raise SegpipeError(f"loss.{name} weight must be a finite number >= 0, got {value}")
+            raise SegpipeError(f"train.loss.{name} must be a finite number >= 0, got {value}")
     if ce == focal == dice == 0:
-        raise SegpipeError("loss weights ce, focal and dice are all 0; set at least one to a positive value")
+        raise SegpipeError("train.loss.ce, train.loss.focal and train.loss.dice are all 0; set at least one to a positive value")
     if not math.isfinite(focal_gamma) or focal_gamma < 0:
-        raise SegpipeError(f"loss.focal_gamma must be >= 0, got {focal_gamma}")
+        raise SegpipeError(f"train.focal_gamma must be >= 0, got {focal_gamma}")
     if focal_alpha is not None and not 0.0 <= focal_alpha <= 1.0:
-        raise SegpipeError(f"loss.focal_alpha must be in [0, 1] or null, got {focal_alpha}")
+        raise SegpipeError(f"train.focal_alpha must be in [0, 1] or null, got {focal_alpha}")
 
 
 def make_loss(config: TrainSection) -> SegmentationLoss:

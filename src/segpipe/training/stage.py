@@ -33,7 +33,8 @@ from segpipe.models import build_model
 from segpipe.models.checkpoint import write_deployment_checkpoint
 from segpipe.models.registry import pretrained_file
 from segpipe.runtime import Runtime
-from segpipe.training.loop import HISTORY_FIELDS, TrainState, check_image_size, fit
+from segpipe.data.spec import spec_from_train
+from segpipe.training.loop import HISTORY_FIELDS, TrainState, check_input, fit
 from segpipe.training.losses import make_loss
 
 
@@ -127,11 +128,18 @@ def check_settings(params: Params, train_samples: Sequence[Sample], val_samples:
             f"training needs at least one training and one validation image, got {len(train_samples)} and "
             f"{len(val_samples)}; check the split lists"
         )
-    with torch.device("meta"):
-        model = build_model(params.model.model_copy(update={"pretrained": "none"}), len(params.base.classes))
+    check_model_input(params)
     pretrained_file(params.model.backbone, params.model.pretrained)
-    check_image_size(params, model.required_multiple)
     make_loss(params.train)
+
+
+def check_model_input(params: Params) -> None:
+    """Refuse an input size (train.image_size, or train.patch_size for patches) that the
+    backbone's total stride does not divide; cheap (the model is built on the meta device:
+    shapes only), so `train` calls it before any data is read."""
+    with torch.device("meta"):
+        model = build_model(len(params.base.classes), **{**params.model.model_dump(), "pretrained": "none"})
+    check_input(spec_from_train(params.train), model.required_multiple, params.model.backbone)
 
 
 def start_tracking(
@@ -152,11 +160,18 @@ def start_tracking(
     logged = tracking.logged_params(params)
     tracker.start(params.base.experiment, tracking.run_name(root), logged, tags, run_id=resume_run)
     if is_main:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        # Always written, empty when tracking is off (so a later resume cannot reopen an older run):
-        # the evaluate stage depends on this file, so DVC re-runs evaluate after every training
-        # run, even one that reproduced an identical best.pt, and each run gets its evaluation.
-        atomic_write_text(run_id_file, (tracker.run_id or "") + "\n")
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+            # Always written, empty when tracking is off (so a later resume cannot reopen an older
+            # run): the evaluate stage depends on this file, so DVC re-runs evaluate after every
+            # training run, even one that reproduced an identical best.pt, and each run gets its evaluation.
+            atomic_write_text(run_id_file, (tracker.run_id or "") + "\n")
+        except OSError as exc:
+            tracker.end("FAILED")
+            raise SegpipeError(
+                f"{run_id_file}: cannot write the MLflow run id ({exc.strerror or exc}); make {models_dir} a "
+                "writable folder with free space and run again"
+            ) from None
     return tracker
 
 

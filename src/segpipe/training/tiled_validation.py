@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segpipe.config import TrainSection
 from segpipe.data.letterbox import predict_letterboxed
 from segpipe.data.patches import ScaledLoader
-from segpipe.data.tiling import patch_tiling, predict_tiled
+from segpipe.data.spec import InputSpec
+from segpipe.data.tiling import predict_tiled
 from segpipe.layout import Sample
 from segpipe.metrics import ConfusionMatrix, SegmentationScores
 from segpipe.runtime import Runtime
@@ -34,15 +34,17 @@ def validate_tiled(
     loss_fn: nn.Module,
     num_classes: int,
     runtime: Runtime,
-    config: TrainSection,
+    spec: InputSpec,
+    batch_size: int,
 ) -> tuple[float, float]:
     """Validation loss (mean over images) and mIoU (over all pixels) of whole images predicted
-    with the tiles of `patch_tiling(config.patch_size, config.patch_scale)`; images are split
-    over ranks and the sums gathered.
+    in the spec's windows (`spec.tiling`), as `predict` does; images are split over ranks and
+    the sums gathered.
 
     Args:
-        load: where the whole images come from (read at scale 1.0: scored at their own size).
-        config: the train section (patch_size, patch_scale; batch_size windows per forward pass).
+        load: where the whole images come from (`spec.val_shaping()`: scored at their own size).
+        spec: the input spec (window size, scale).
+        batch_size: windows per forward pass (train.batch_size).
     """
     device, precision, dist = runtime.device, runtime.precision, runtime.dist
     model.eval()
@@ -52,12 +54,12 @@ def validate_tiled(
             logits = model(batch.to(device)).float()
         return F.softmax(logits, dim=1).cpu()
 
-    predict = functools.partial(predict_letterboxed, forward, size=config.patch_size, max_scale=config.patch_scale)
-    tiling = patch_tiling(config.patch_size, config.patch_scale, batch_size=config.batch_size)
+    predict = functools.partial(predict_letterboxed, forward, size=spec.size, max_scale=spec.max_scale)
+    tiling = spec.tiling(batch_size)
     matrix = ConfusionMatrix(num_classes)
     total = torch.zeros(2, dtype=torch.float64)  # (sum of per-image losses, images)
     for index in dist.rank_indices(len(samples)):
-        image, mask = load(samples[index], 1.0)
+        image, mask = load(samples[index], spec.val_shaping().scale)
         labels, probs = predict_tiled(predict, image, tiling, keep_probs=True)
         # softmax(log p) = p: the blended probabilities go through the training loss as logits.
         logits = torch.log(probs.clamp_min(MIN_PROB))[None].to(device)

@@ -12,7 +12,7 @@ async function loadModel() {
     $("model-info").textContent =
       `${state.model.model} · ${state.model.classes.length} classes (${names}) · ${state.model.image_size} px input`;
     $("tile-help").textContent = state.model.tiles_by_default
-      ? `(${state.model.tile} px windows at the image's own scale; on for images larger than one)`
+      ? `(${state.model.tile} px windows at the scale the model learnt; on by default, as predict does)`
       : `(${state.model.tile} px windows at the image's own scale; off by default: this model learnt from whole images)`;
   } catch (error) {
     showStatus(`The server did not answer: ${error}`, "error");
@@ -30,7 +30,7 @@ function stemOf(name) {
   return dot > 0 ? base.slice(0, dot) : base;
 }
 
-// A new image: show it, set the tiling default from its size, predict.
+// A new image: show it, set the tiling to the default the server gave, predict.
 async function chooseFile(file) {
   if (!file) return;
   if (state.model && file.size > state.model.max_upload_bytes) {
@@ -44,11 +44,10 @@ async function chooseFile(file) {
   $("result-panel").hidden = true;
   $("layer").hidden = true;
   $("stage").dataset.state = "loading";
-  const size = await showPhoto(file);
-  if (state.model && !state.tileChosen) {  // the user's own choice stays; a TIFF gets the model's default
-    const larger = !size || Math.max(size.width, size.height) > state.model.tile;
-    $("tile").checked = state.model.tiles_by_default && larger;
-  }
+  await showPhoto(file);
+  // The server says what "auto" means for this model (GET /health: tiles_by_default); the page
+  // never decides it, so its mask is the one `predict` writes.
+  if (state.model && !state.tileChosen) $("tile").checked = state.model.tiles_by_default;  // a box the user set stays
   await predict();
 }
 
