@@ -13,7 +13,7 @@ def main(
     checkpoint: Annotated[Path, typer.Argument(help="The trained model (best.pt).")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders of images, or glob patterns.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (not a folder of the inputs).")],
-    overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.png.")] = False,
+    overlay: Annotated[bool, typer.Option(help="Also write <stem>_overlay.jpg (the mask blended over the image).")] = False,
     probs: Annotated[bool, typer.Option(help="Also write <stem>_probs.npy, (C, H, W) float16.")] = False,
     tile: Annotated[
         int | None,

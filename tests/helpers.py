@@ -294,6 +294,32 @@ def train_outputs_in(root: Path) -> TrainOutputs:
     )
 
 
+# Headless Chromium through Playwright for Python, driving Debian's `chromium-headless-shell`
+# (Playwright's own browser download is not used). Without it browser tests skip, saying how to
+# install it; under CI (CI=true) a missing browser fails them.
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+INSTALL = "apt-get install chromium-headless-shell && pip install -r requirements.txt"
+
+
+def chromium_path() -> str:
+    """Debian's headless Chromium (or $SEGPIPE_CHROMIUM); skips, or fails under CI, when absent."""
+    path = os.environ.get("SEGPIPE_CHROMIUM") or shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    problem = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        problem = "Playwright for Python is not installed"
+    if problem is None and path is None:
+        problem = "no chromium-headless-shell (or chromium) on PATH"
+    if problem is not None:
+        message = f"browser tests need a browser: {problem}; install it with `{INSTALL}`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 def prepare_run(root: Path, epochs: int = 3, save_period: int = 2, seed: int = 42) -> dict[str, str]:
     """Processed data, a 4/1 split, no augmentation and tiny params (base.seed `seed`) in `root`,
     for `python -m pipeline train` run there; returns its environment (its own MLflow database)."""

@@ -4,6 +4,7 @@ of its command, and the library's imports run from later phases to earlier ones,
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,20 @@ def test_no_module_imports_from_a_later_phase_and_shared_modules_import_no_phase
             if theirs is not None and (mine is None or theirs > mine):
                 wrong.append(f"{path.relative_to(library)} imports {name}")
     assert not wrong, "imports that point from an earlier phase (or shared code) to a later one:\n" + "\n".join(wrong)
+
+
+def test_the_convert_stage_reads_its_input_folder_from_data_raw(tmp_path: Path, monkeypatch):
+    """`dvc exp run -S data.raw=...` (which edits params.yaml) points convert at other data:
+    DVC resolves `${data.raw}` in the command and the deps from params.yaml."""
+    from dvc.repo import Repo
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["data"]["raw"] == "data/sample"  # the bundled sample by default
+    params["data"]["raw"] = "data/mine"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    Repo.init(no_scm=True)
+    convert = Repo(".").stage.collect("convert")[0]
+    assert convert.cmd.startswith("python -m pipeline convert data/mine data/processed")
+    assert "data/mine" in [str(dep.def_path) for dep in convert.deps]

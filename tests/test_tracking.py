@@ -6,12 +6,14 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 
 from segpipe.models.checkpoint import MODEL_KEYS
@@ -19,7 +21,7 @@ from segpipe.training import stage as run_module
 from segpipe import tracking
 from segpipe.config import load_params
 from segpipe.training.stage import train_stage
-from tests.helpers import Interrupt, tiny_params, tiny_samples, train_outputs_in, use_tmp_mlflow
+from tests.helpers import REPO, Interrupt, tiny_params, tiny_samples, train_outputs_in, use_tmp_mlflow
 
 EXPERIMENT = "tiny-experiment"
 
@@ -113,16 +115,18 @@ def test_the_run_charts_results_and_tags_the_counts(staged):
     assert run.data.tags["segpipe.train_images"] == "2" and run.data.tags["segpipe.epochs"] == "3"
 
 
-def test_the_logged_checkpoint_has_no_training_state_and_last_pt_keeps_it(staged, tmp_path):
+def test_best_pt_and_the_logged_checkpoint_have_no_training_state_and_last_pt_keeps_it(staged, tmp_path):
     client, report = staged["client"], staged["report"]
     local = Path(client.download_artifacts(report.run_id, "checkpoints/best.pt", str(tmp_path)))
     logged = torch.load(local, weights_only=True)
     assert set(logged) == set(MODEL_KEYS)
     on_disk = torch.load(report.best_checkpoint, weights_only=True)
+    assert set(on_disk) == set(MODEL_KEYS)  # only last.pt resumes
     for key, value in on_disk["model"].items():
         assert torch.equal(logged["model"][key], value)
-    assert {"optimizer", "scheduler", "rng"} <= set(torch.load(staged["outputs"].models_dir / "last.pt", weights_only=True))
-    assert local.stat().st_size < report.best_checkpoint.stat().st_size / 2  # Adam's two moments are gone
+    last = staged["outputs"].models_dir / "last.pt"
+    assert {"optimizer", "scheduler", "rng"} <= set(torch.load(last, weights_only=True))
+    assert report.best_checkpoint.stat().st_size < last.stat().st_size / 2  # Adam's two moments are gone
 
 
 def test_the_report_says_where_the_run_is(staged):
@@ -141,7 +145,8 @@ def test_training_goes_on_with_a_warning_when_mlflow_fails(tmp_path: Path, mlflo
         report = train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
     assert report.info["epochs"] == 1 and report.run_id is None
     assert outputs.metrics.exists() and (outputs.models_dir / "best.pt").exists()
-    assert not (outputs.models_dir / tracking.RUN_ID_FILE).exists()
+    # Empty but present: evaluate depends on it in dvc.yaml, and no later resume reopens an old run.
+    assert (outputs.models_dir / tracking.RUN_ID_FILE).read_text() == "\n"
     assert mlflow.active_run() is None
 
 
@@ -268,3 +273,39 @@ def test_the_ui_command_and_the_model_training_view_url(tmp_path: Path):
     assert tracking.training_view_url("http://host:5050/", "7") == (
         "http://host:5050/#/experiments/7?workflowType=machine_learning"
     )
+
+
+def test_evaluate_depends_on_the_run_id_file_that_each_training_run_rewrites(tmp_path: Path, mlflow_env):
+    """DVC skips evaluate when its deps are unchanged; best.pt alone can be reproduced to the byte,
+    which left the new MLflow run without its evaluation. The run id file changes with every run."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    train_outs = {out if isinstance(out, str) else next(iter(out)) for out in stages["train"]["outs"]}
+    assert "models" in train_outs and f"models/{tracking.RUN_ID_FILE}" in stages["evaluate"]["deps"]
+    samples = tiny_samples(tmp_path / "processed")
+    outputs = train_outputs_in(tmp_path)
+    ids = []
+    for _ in range(2):
+        train_stage(tiny_params({"epochs": 1}), samples, samples, outputs, progress=False)
+        ids.append((outputs.models_dir / tracking.RUN_ID_FILE).read_text().strip())
+    assert ids[0] != ids[1] and all(len(i) == 32 for i in ids)
+
+
+def test_the_run_shows_the_stage_as_its_source_and_describes_itself(staged):
+    run = staged["client"].get_run(staged["report"].run_id)
+    assert run.data.tags["mlflow.source.name"] == "train stage (python -m pipeline train)"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("No baseline params to compare with") and "Logged by the `train` stage" in note
+    assert "`model.backbone`=plain" in note and "Headline metric: `miou`" in note
+
+
+def test_the_description_lists_the_params_that_differ_from_the_baseline_commit(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for command in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "p"]):
+        subprocess.run(["git", *command], cwd=tmp_path, check=True)
+    commit = tracking.git_commit(tmp_path)
+    assert tracking.run_description(load_params(tmp_path / "params.yaml"), tmp_path).startswith(f"Same params as {commit[:7]}.")
+    text = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("cbam: false", "cbam: true").replace("lr: 0.003", "lr: 0.001"))
+    description = tracking.run_description(load_params(tmp_path / "params.yaml"), tmp_path)
+    assert description.startswith(f"Changed against {commit[:7]}: `model.cbam`: false → true; `train.lr`: 0.003 → 0.001\n")

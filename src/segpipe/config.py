@@ -42,6 +42,9 @@ class BaseSection(Section):
 
 
 class DataSection(Section):
+    # The convert stage's input folder; dvc.yaml templates it (`${data.raw}`), so that
+    # `dvc exp run -S data.raw=...` brings other data without editing dvc.yaml.
+    raw: str = "data/sample"
     format: Literal["labelme", "masks"] = "labelme"
     ignore_labels: tuple[str, ...] = ("__ignore__",)
     mask_suffix: str = ""

@@ -318,6 +318,61 @@ def run_name(root: Path | None = None) -> str:
     return f"workspace@{commit[:7]}" if commit else "workspace"
 
 
+# The columns worth adding in the MLflow runs table, under the names the runs carry (params.yaml's
+# keys; `miou` is evaluate's full-resolution validation mIoU). The run description lists them too.
+KEY_PARAMS = ("model.backbone", "model.cbam", "augment.enabled", "train.sampling", "train.image_size", "train.epochs", "train.lr")
+HEADLINE_METRIC = "miou"
+
+
+def run_description(params: Params, root: Path, stage: str = "train") -> str:
+    """The run's description (MLflow's note, shown on the run's page): which params differ from the
+    baseline commit's params.yaml (the DVC experiment's baseline, else HEAD), the key params and
+    where the headline metric comes from."""
+    current = flatten(params.model_dump(mode="json"))
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or git_commit(root)
+    baseline = baseline_params(root, rev) if rev else None
+    if baseline is None:
+        changes = "No baseline params to compare with (no git commit with a readable params.yaml)."
+    else:
+        changed = [
+            f"`{key}`: {baseline.get(key, '(absent)')} → {value}" for key, value in current.items() if baseline.get(key) != value
+        ]
+        changes = (f"Changed against {rev[:7]}: " + "; ".join(changed)) if changed else f"Same params as {rev[:7]}."
+    spelt = logged_params(params)
+    key_params = ", ".join(f"`{key}`={spelt[key]}" for key in KEY_PARAMS if key in spelt)
+    # What changed comes first: the runs table's Description column shows only the start.
+    return (
+        f"{changes}\n\nKey params: {key_params}. Headline metric: `{HEADLINE_METRIC}` (evaluate's mIoU on "
+        f"the validation images at full resolution). Logged by the `{stage}` stage of the segpipe pipeline."
+    )
+
+
+def baseline_params(root: Path, rev: str, path: str = "params.yaml") -> dict[str, str] | None:
+    """params.yaml at commit `rev`, validated and flattened as runs log it; None when git has no
+    such file or it no longer validates (a key renamed since)."""
+    import yaml
+
+    from segpipe.config import parse_params
+    from segpipe.errors import SegpipeError
+
+    try:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True, check=True)
+        return flatten(parse_params(yaml.safe_load(shown.stdout), f"{rev[:7]}:{path}").model_dump(mode="json"))
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError, SegpipeError):
+        return None
+
+
+def stage_tags(params: Params, root: Path, stage: str) -> dict[str, str]:
+    """Tags that make a run readable in the MLflow UI: its description, and the stage as its source
+    (instead of `__main__.py`, which every `python -m pipeline` run shares)."""
+    return {
+        "mlflow.note.content": run_description(params, root, stage),
+        # The stage name first: the runs table's Source column shows a dozen characters.
+        "mlflow.source.name": f"{stage} stage (python -m pipeline {stage})",
+        "mlflow.source.type": "JOB",
+    }
+
+
 def dvc_tags(root: Path, params_hash: str, data_hash: str) -> dict[str, str]:
     """Tags that tie an MLflow run to its code, DVC experiment, params and data."""
     tags = {"segpipe.params_hash": params_hash, "segpipe.data_hash": data_hash}

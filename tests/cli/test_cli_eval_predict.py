@@ -62,7 +62,7 @@ def test_predict_writes_masks_and_overlays(tmp_path):
                                  "--overlay", "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     assert "2 masks" in result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_overlay.jpg", "b.png", "b_overlay.jpg"]
 
 
 def test_predict_skips_a_bad_file_and_exits_non_zero(tmp_path):

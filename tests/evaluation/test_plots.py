@@ -51,3 +51,17 @@ def test_gallery_figure_has_a_row_per_image(tmp_path):
     rows = [GalleryRow(f"img{i}", image, mask, mask) for i in range(3)]
     width, height = Image.open(plot_gallery(rows, 2, tmp_path / "g.png")).size
     assert width <= 900 and height > 3 * 150
+
+
+def test_the_gallery_has_a_legend_of_the_class_colours(tmp_path, monkeypatch):
+    import segpipe.evaluation.plots as plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: drawn.setdefault("figure", figure))
+    image, mask = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    classes = ["unlabeled", "building", "land", "road", "vegetation", "water"]
+    plot_gallery([GalleryRow("t", image, mask, mask)], 6, tmp_path / "g.png", classes)
+    legends = {tuple(t.get_text() for t in legend.get_texts()): legend for legend in drawn["figure"].legends}
+    class_legend = legends[tuple(classes[1:])]  # background is not coloured in the panels
+    colours = [tuple(np.round(np.array(h.get_facecolor()[:3]) * 255).astype(int)) for h in class_legend.legend_handles]
+    assert colours[0] == (128, 0, 0) and colours[2] == (128, 128, 0)  # VOC colours of ids 1 and 3

@@ -15,6 +15,10 @@ from typer.testing import CliRunner
 from pipeline.compare import main
 from segpipe.experiments.compare import (
     BootstrapResult,
+    ComparisonReport,
+    GroupSummary,
+    plot_comparison,
+    plot_limits,
     common_ids,
     compare,
     experiment_id,
@@ -252,3 +256,40 @@ def test_bootstrap_rejects_scores_of_different_images_and_no_resamples():
         paired_bootstrap(np.zeros((2, 5)), np.zeros((2, 4)))
     with pytest.raises(SegpipeError, match="--n-boot must be at least 1"):
         paired_bootstrap(np.zeros((1, 5)), np.zeros((1, 5)), n_boot=0)
+
+
+# --- the plot and the wording -----------------------------------------------------------------
+
+
+def test_a_difference_that_rounds_to_zero_reads_0_0_and_the_interval_carries_signs():
+    text = verdict(BootstrapResult(diff=-0.0004, low=-0.0104, high=0.0091), "A", "B")
+    assert text == "no detectable difference (B − A = 0.0 points, 95% CI [-1.0, +0.9])"
+
+
+def test_a_tiny_but_real_gain_is_not_printed_as_0_0():
+    text = verdict(BootstrapResult(diff=0.0004, low=0.0001, high=0.0007), "A", "B")
+    assert text == "B better by 0.04 mIoU points, 95% CI [0.01, 0.07]"
+
+
+def test_plot_limits_span_the_scores_with_a_margin():
+    # Scores 0.95..0.99: span 0.04, margin 5% of it = 0.002, but at least 0.01.
+    assert plot_limits(np.array([0.95, 0.97]), np.array([0.96, 0.99])) == pytest.approx((0.94, 1.0))
+    # Span 0.4: margin 0.02 each side.
+    assert plot_limits(np.array([0.3, 0.5]), np.array([0.7, np.nan])) == pytest.approx((0.28, 0.72))
+
+
+def test_the_scatter_is_fitted_to_the_data_with_the_identity_line(monkeypatch, tmp_path: Path):
+    import segpipe.figures
+
+    drawn = {}
+    monkeypatch.setattr(segpipe.figures, "save_figure", lambda figure, path: drawn.setdefault("axis", figure.axes[0]))
+    group = GroupSummary(name="x", spec="x", runs=[], metrics={})
+    report = ComparisonReport(
+        a=group, b=group, result=BootstrapResult(diff=0.01, low=0.0, high=0.02), verdict="v", n_images=3,
+        classes=None, n_boot=10, seed=0, scores_a=np.array([0.3, 0.4, 0.5]), scores_b=np.array([0.35, 0.45, 0.7]),
+    )  # fmt: skip
+    plot_comparison(report, tmp_path / "p.png")
+    axis = drawn["axis"]
+    assert axis.get_xlim() == pytest.approx((0.28, 0.72)) and axis.get_ylim() == pytest.approx((0.28, 0.72))
+    identity = axis.get_lines()[0]
+    assert list(identity.get_xdata()) == list(identity.get_ydata()) == pytest.approx([0.28, 0.72])

@@ -208,6 +208,26 @@ def test_a_dead_tracking_server_is_checked_first_not_retried(tmp_path, monkeypat
         assert publish_model(models, MODEL) is None
 
 
+def test_publishing_prints_no_cloudpickle_warning_and_keeps_other_mlflow_messages(tmp_path, monkeypatch):
+    import logging
+
+    use_tmp_mlflow(monkeypatch, tmp_path)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = records.append
+    logger = logging.getLogger("mlflow.pyfunc")
+    logger.addHandler(handler)
+    try:
+        client = MlflowClient(tracking_uri=tracking.tracking_uri())
+        assert publish_model(trained_models_dir(tmp_path, finished_run("exp-w", client)), MODEL) == "1"
+        logger.warning("Passing a Python object as `python_model` outside publishing")  # not silenced
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert not [m for m in messages if "CloudPickle" in m]
+    assert messages[-1] == "Passing a Python object as `python_model` outside publishing"
+
+
 class NoMlflow:
     """A client that fails the test on any use: the alias must be refused before MLflow is asked."""
 

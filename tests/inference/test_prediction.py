@@ -114,7 +114,7 @@ def test_two_class_masks_are_black_and_white_at_the_input_size(tmp_path):
     mask = Image.open(tmp_path / "out" / "photo.png")
     assert mask.mode == "L" and mask.size == (53, 37)
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
-    assert Image.open(tmp_path / "out" / "photo_overlay.png").size == (53, 37)
+    assert Image.open(tmp_path / "out" / "photo_overlay.jpg").size == (53, 37)
     probs = np.load(tmp_path / "out" / "photo_probs.npy")
     assert probs.shape == (2, 37, 53) and probs.dtype == np.float16
     np.testing.assert_allclose(probs.sum(0), 1, atol=2e-3)
@@ -191,16 +191,16 @@ def test_predict_uses_the_checkpoint_preprocessing(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "p.png")) == 255, expected == 1)
 
 
-def test_an_input_named_like_another_inputs_overlay_is_refused_naming_both(tmp_path):
-    # a.jpg writes a.png and a_overlay.png; a_overlay.jpg writes a_overlay.png too.
-    first = save_image(tmp_path / "in" / "a.jpg", 20, 20)
-    second = save_image(tmp_path / "in" / "a_overlay.jpg", 20, 20)
+def test_an_input_named_like_another_inputs_overlay_writes_beside_it(tmp_path):
+    # Overlays are JPEG, masks PNG: a.jpg writes a.png and a_overlay.jpg, a_overlay.jpg writes a_overlay.png.
+    save_image(tmp_path / "in" / "a.jpg", 20, 20)
+    save_image(tmp_path / "in" / "a_overlay.jpg", 20, 20)
     checkpoint = tiny_checkpoint(tmp_path / "best.pt")
-    with pytest.raises(SegpipeError, match=rf"{first} and {second} would both write {tmp_path / 'out' / 'a_overlay.png'}"):
-        predict_paths(checkpoint, [str(tmp_path / "in")], tmp_path / "out", PredictOptions(overlay=True), progress=False)
-    assert not (tmp_path / "out").exists()
-    report = predict_paths(checkpoint, [str(tmp_path / "in")], tmp_path / "out", progress=False)  # masks alone: no clash
-    assert sorted(p.name for p in report.written) == ["a.png", "a_overlay.png"]
+    predict_paths(checkpoint, [str(tmp_path / "in")], tmp_path / "out", PredictOptions(overlay=True), progress=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a.png", "a_overlay.jpg", "a_overlay.png", "a_overlay_overlay.jpg"
+    ]
+    assert Image.open(tmp_path / "out" / "a_overlay.jpg").format == "JPEG"
 
 
 def test_names_differing_only_in_case_are_refused(tmp_path):

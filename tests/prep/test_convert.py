@@ -164,7 +164,7 @@ def test_every_bad_file_is_listed_in_one_error(tmp_path):
     with pytest.raises(SegpipeError) as info:
         run(source, tmp_path, out="o")
     lines = str(info.value).splitlines()
-    assert lines[0] == "3 problem(s) in the input (4 items):"
+    assert lines[0] == "3 problem(s) in the input (4 labelme files found):"
     assert "a.json: labels ['tumour']" in lines[1] and "b.json: not valid JSON" in lines[2]
     assert "c.json: shape 0 (label 'lesion')" in lines[3] and len(lines) == 4
 
@@ -277,6 +277,37 @@ def test_broken_image_and_mask_symlinks_are_named(tmp_path):
     with pytest.raises(SegpipeError) as info:
         run(root, tmp_path, data)
     assert "images/b.png: a symlink" in str(info.value) and "masks/c.png: a symlink" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("mask_names", "suffix", "setting"),
+    [
+        (["{}_segmentation.png"], "", "data.mask_suffix: _segmentation"),  # ISIC
+        (["{}_lesion.bmp"], "", "data.mask_suffix: _lesion"),  # PH2
+        (["{}.png"], "_segmentation", 'data.mask_suffix: ""'),  # same names, a suffix set
+    ],
+)
+def test_masks_sharing_a_suffix_get_a_hint_naming_the_setting_first(tmp_path, mask_names, suffix, setting):
+    stems = [f"ISIC_{i:07d}" for i in range(25)]  # more than the capped list shows
+    for stem in stems:
+        for folder, name in (("images", f"{stem}.jpg"), ("masks", mask_names[0].format(stem))):
+            (tmp_path / "in" / folder).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB" if folder == "images" else "L", (4, 3)).save(tmp_path / "in" / folder / name)
+    with pytest.raises(SegpipeError) as info:
+        run(tmp_path / "in", tmp_path, DataSection(format="masks", mask_suffix=suffix), out="o")
+    lines = str(info.value).splitlines()
+    assert lines[0] == "50 problem(s) in the input (0 image/mask pairs matched):"
+    assert lines[1].startswith("  hint: all 25 masks without an image") and f"`{setting}`" in lines[1]
+
+
+def test_no_hint_when_the_unmatched_masks_differ(tmp_path):
+    for folder, names in (("images", ["a.jpg", "b.jpg"]), ("masks", ["a_seg.png", "b_lesion.png"])):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        for name in names:
+            Image.new("RGB" if folder == "images" else "L", (4, 3)).save(tmp_path / "in" / folder / name)
+    with pytest.raises(SegpipeError) as info:
+        run(tmp_path / "in", tmp_path, DataSection(format="masks"), out="o")
+    assert "  hint: " not in str(info.value) and "4 problem(s) in the input (0 image/mask pairs matched)" in str(info.value)
 
 
 # --- file names that cannot become ids -----------------------------------------------------------

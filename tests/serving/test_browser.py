@@ -1,8 +1,7 @@
 """The page in a real headless browser, used as a person would: upload or paste, look, download.
 
-Uses Playwright for Python driving Debian's `chromium-headless-shell` (Playwright's own browser
-download is not used). Without that browser the tests skip, saying how to install it; under CI
-(CI=true) a missing browser fails them.
+Uses Playwright for Python driving Debian's `chromium-headless-shell` (see `chromium_path` in
+tests/helpers.py).
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,30 +19,7 @@ from segpipe.inference.prediction import PredictOptions, predict_paths
 from segpipe.palette import colour_overlay
 from segpipe.serving.app import create_app
 from segpipe.serving.service import ModelService
-from tests.helpers import png_bytes, random_image, running_server, tiny_checkpoint
-
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
-INSTALL = "apt-get install chromium-headless-shell && pip install -r requirements.txt"
-
-
-def chromium_path() -> str:
-    """Debian's headless Chromium (or $SEGPIPE_CHROMIUM); skips, or fails under CI, when absent."""
-    path = os.environ.get("SEGPIPE_CHROMIUM") or shutil.which("chromium-headless-shell") or shutil.which("chromium")
-    problem = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        problem = "Playwright for Python is not installed"
-    if problem is None and path is None:
-        problem = "no chromium-headless-shell (or chromium) on PATH"
-    if problem is not None:
-        message = f"browser tests need a browser: {problem}; install it with `{INSTALL}`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
+from tests.helpers import BROWSER_FLAGS, chromium_path, png_bytes, random_image, running_server, tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
@@ -61,7 +37,8 @@ def page(tmp_path_factory):
             tab.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
             tab.goto(url)
             tab.wait_for_selector("#model-info:has-text('classes')")
-            yield {"page": tab, "root": root, "checkpoint": checkpoint, "console_errors": console_errors}
+            yield {"page": tab, "root": root, "checkpoint": checkpoint, "console_errors": console_errors,
+                   "context": context, "url": url}
         finally:
             browser.close()
 
@@ -74,6 +51,28 @@ def predicted(env, path, **options) -> bytes:
 
 def wait_for_result(page) -> None:
     page.wait_for_selector("#stage[data-state='done'] #layer:not([hidden])", timeout=60_000)
+
+
+def screenshot(tab, env, name: str) -> None:
+    """Save the page as PNG for a person to look at: under $SEGPIPE_SCREENSHOTS when set, else
+    the test's temporary folder."""
+    folder = Path(os.environ.get("SEGPIPE_SCREENSHOTS") or env["root"])
+    folder.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(folder / f"{name}.png"))
+
+
+def test_an_empty_page_shows_the_placeholder_and_no_broken_image(page):
+    tab = page["context"].new_page()
+    try:
+        tab.goto(page["url"])
+        tab.wait_for_selector("#model-info:has-text('classes')")
+        screenshot(tab, page, "empty-page")
+        assert tab.is_visible("#placeholder")
+        # `#photo { display: block }` once beat `hidden`: a broken-image icon with its alt text.
+        assert not tab.is_visible("#photo") and not tab.is_visible("#layer")
+        assert tab.eval_on_selector("#frame", "frame => frame.getBoundingClientRect().height") == 0
+    finally:
+        tab.close()
 
 
 def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(page):
@@ -95,6 +94,8 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
 
     tab.fill("#opacity", "80")
     assert tab.eval_on_selector("#layer", "layer => layer.style.opacity") == "0.8"
+    screenshot(tab, page, "after-an-upload")
+    assert tab.is_visible("#photo") and tab.is_visible("#layer") and not tab.is_visible("#placeholder")
 
     with tab.expect_download() as download:
         tab.click("#download-mask")
@@ -114,6 +115,25 @@ def test_upload_shows_the_overlay_legend_and_downloads_the_mask_predict_writes(p
     # What `predict --overlay` draws, at the slider's 80% instead of its 50%.
     assert np.abs(overlay - colour_overlay(photo, labels, 2, alpha=0.8)).max() <= 2
     assert page["console_errors"] == []
+
+
+def test_a_ticked_smooth_tiling_box_stays_ticked_for_the_next_image(page):
+    tab = page["page"]
+    first, second = page["root"] / "first.png", page["root"] / "second.png"
+    first.write_bytes(png_bytes(random_image(40, 40, seed=3)))
+    second.write_bytes(png_bytes(random_image(36, 44, seed=4)))
+    tab.set_input_files("#file", str(first))
+    wait_for_result(tab)
+    tab.check("#tile")
+    tab.wait_for_selector("#timing:has-text('tiled')", timeout=60_000)
+    wait_for_result(tab)
+    tab.set_input_files("#file", str(second))
+    tab.wait_for_selector("#timing:has-text('44 × 36')", timeout=60_000)
+    wait_for_result(tab)
+    assert tab.is_checked("#tile") and "tiled" in tab.inner_text("#timing")
+    tab.uncheck("#tile")  # and unticked stays unticked, for the tests below
+    tab.wait_for_selector("#timing:has-text('whole image')", timeout=60_000)
+    wait_for_result(tab)
 
 
 def test_pasted_screenshot_is_predicted_whole_when_small(page):
@@ -146,6 +166,10 @@ def test_a_file_that_is_not_an_image_shows_the_reason_and_the_page_recovers(page
     tab.set_input_files("#file", str(bad))
     tab.wait_for_selector("#status.error", timeout=60_000)
     assert "not an image" in tab.inner_text("#status")
+    screenshot(tab, page, "after-a-bad-upload")
+    # Neither the previous image's mask (`#stage.no-photo #layer` once beat `hidden`) nor a broken image.
+    assert not tab.is_visible("#layer") and not tab.is_visible("#photo")
+    assert not tab.is_visible("#result-panel")
     good = page["root"] / "again.png"
     good.write_bytes(png_bytes(random_image(20, 20, seed=9)))
     tab.set_input_files("#file", str(good))

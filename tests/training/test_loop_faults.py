@@ -56,9 +56,10 @@ def test_an_exploding_training_loss_stops_the_run_and_the_last_good_epoch_stays_
     with pytest.raises(SegpipeError, match=r"training diverged at epoch 2: the training loss exploded to [\d.e+]+, "
                                            r"over 1000 x its first epoch's 0\.\d+"):
         fit(tiny_params({"epochs": 3}), samples, samples, models, progress=False, on_epoch_end=lambda s: exploded.update(now=True))
-    for name in ("best.pt", "last.pt"):
-        checkpoint = load_checkpoint(models / name)
-        assert checkpoint["epoch"] == checkpoint["best_epoch"] == 1 and len(checkpoint["history"]) == 1
+    last, best = load_checkpoint(models / "last.pt"), load_checkpoint(models / "best.pt")
+    assert last["epoch"] == last["best_epoch"] == 1 and len(last["history"]) == 1
+    # best.pt holds the model alone (only last.pt resumes): epoch 1's weights, as last.pt's.
+    assert all(torch.equal(best["model"][key], value) for key, value in last["model"].items())
 
 
 def row(train_loss: float, val_loss: float | None) -> dict:

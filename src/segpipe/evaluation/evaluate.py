@@ -295,7 +295,7 @@ def write_figures(
     ]
     if gallery_size:
         rows = gallery_rows(predictor, samples, results, gallery_size)
-        paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png"))
+        paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png", predictor.classes))
     return paths
 
 
@@ -317,15 +317,16 @@ def log_to_training_run(run_id_file: Path, report: EvalReport, out: EvalOutputs,
     and what was scored (`report.info`) as its tags `segpipe.eval_images`, `segpipe.absent_classes`.
 
     The run id comes from `run_id_file` (written by the train stage beside the checkpoint). A
-    missing file is skipped quietly; an MLflow failure is one warning, never an error, because the
+    missing or empty file (training ran without tracking) is skipped quietly; an MLflow failure is one warning, never an error, because the
     metrics files are already written. The per-image CSV goes under a fixed name
     (`PER_IMAGE_ARTIFACT`) so `compare` can find it. Returns whether the run was updated.
     """
-    if not run_id_file.is_file():
-        log.info("no %s beside the checkpoint: evaluation metrics not logged to MLflow", run_id_file.name)
+    run_id = run_id_file.read_text(encoding="utf-8").strip() if run_id_file.is_file() else ""
+    if not run_id:  # no file, or an empty one: training ran without tracking
+        log.info("no MLflow run id in %s: evaluation metrics not logged to MLflow", run_id_file)
         return False
     tracker = Tracker()
-    tracker.reopen(run_id_file.read_text(encoding="utf-8").strip())
+    tracker.reopen(run_id)
     tracker.log_metrics(report.metrics, undefined_as_nan=True)
     tracker.set_tags({
         "segpipe.eval_images": str(report.info["images"]),

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 
 from segpipe.figures import plt, save_figure
 from segpipe.metrics import SegmentationScores
-from segpipe.palette import ERROR_COLOURS, colour_overlay, error_overlay
+from segpipe.palette import ERROR_COLOURS, class_colours, colour_overlay, error_overlay
 
 # Panels of the class-score figure: (per_class key, title); a class's pixel accuracy is its recall.
 SCORE_PANELS = (("iou", "IoU"), ("recall", "Pixel accuracy"), ("precision", "Precision"), ("dice", "Dice"))
@@ -86,9 +86,10 @@ def gallery_title(label: str, image_id: str, miou: float) -> str:
     return f"{label + ': ' if label else ''}{image_id} (mIoU {_label(miou)})"
 
 
-def plot_gallery(rows: Sequence[GalleryRow], num_classes: int, path: Path) -> Path:
+def plot_gallery(rows: Sequence[GalleryRow], num_classes: int, path: Path, classes: Sequence[str] | None = None) -> Path:
     """Per row: the image, the ground truth and the prediction in class colours, and the prediction's
-    errors in `ERROR_COLOURS` over the gray image, with a legend of the error colours on top."""
+    errors in `ERROR_COLOURS` over the gray image, with a legend of the error colours on top and,
+    given the class names, one of the class colours below (background is not coloured)."""
     figure, axes = plt.subplots(
         len(rows), 4, figsize=(9, 0.5 + 2.1 * len(rows)), squeeze=False, layout="constrained"
     )
@@ -107,6 +108,10 @@ def plot_gallery(rows: Sequence[GalleryRow], num_classes: int, path: Path) -> Pa
     kinds = [name for name in ERROR_COLOURS if num_classes > 2 or name != "wrong class"]
     handles = [Patch(color=np.array(ERROR_COLOURS[name]) / 255, label=name) for name in kinds]
     figure.legend(handles=handles, loc="outside upper right", ncol=len(handles), fontsize=9, frameon=False)
+    if classes:
+        colours = class_colours(num_classes)
+        patches = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(classes) if i > 0]
+        figure.legend(handles=patches, loc="outside lower center", ncol=min(len(patches), 6), fontsize=9, frameon=False)
     return save_figure(figure, path)
 
 

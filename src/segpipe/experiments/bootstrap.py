@@ -87,11 +87,27 @@ def verdict(result: BootstrapResult, name_a: str, name_b: str, n_images: int = M
     if n_images < MIN_IMAGES:
         return (
             f"too few validation images ({n_images}, need {MIN_IMAGES}) to tell "
-            f"({name_b} − {name_a} = {diff:.1f} points); use more validation images or k-fold runs"
+            f"({name_b} − {name_a} = {signed_points(diff)} points); use more validation images or k-fold runs"
         )
     if result.low > 0:
-        return f"{name_b} better by {diff:.1f} mIoU points, 95% CI [{low:.1f}, {high:.1f}]"
+        return f"{name_b} better by {points(diff)} mIoU points, 95% CI [{points(low)}, {points(high)}]"
     if result.high < 0:
         # Stated as A - B so that "better by X" and its interval read as positive numbers.
-        return f"{name_a} better by {-diff:.1f} mIoU points, 95% CI [{-high:.1f}, {-low:.1f}]"
-    return f"no detectable difference ({name_b} − {name_a} = {diff:.1f} points, 95% CI [{low:.1f}, {high:.1f}])"
+        return f"{name_a} better by {points(-diff)} mIoU points, 95% CI [{points(-high)}, {points(-low)}]"
+    return (
+        f"no detectable difference ({name_b} − {name_a} = {signed_points(diff)} points, "
+        f"95% CI [{signed_points(low)}, {signed_points(high)}])"
+    )
+
+
+def points(value: float) -> str:
+    """A positive number of points: one decimal, two significant digits below 0.1 (so a real but
+    tiny gain never reads "0.0")."""
+    return f"{value:.1f}" if abs(value) >= 0.095 else f"{value:.2g}"
+
+
+def signed_points(value: float) -> str:
+    """A difference in points with its sign ("+1.2", "-0.4"), and "0.0" for what rounds to zero
+    (never "-0.0")."""
+    rounded = round(value, 1)
+    return "0.0" if rounded == 0 else f"{rounded:+.1f}"

@@ -186,6 +186,8 @@ class ComparisonReport:
 
 
 def _number(value: float, signed: bool = False) -> str:
+    if signed and round(value, 4) == 0:
+        return "0.0000"  # not "-0.0000" for a difference that rounds away
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
@@ -289,21 +291,36 @@ def compare(
 
 
 def plot_comparison(report: ComparisonReport, path: Path) -> Path:
-    """Scatter of each image's score under A (x) and B (y), with the diagonal; points above it favour B."""
+    """Scatter of each image's score under A (x) and B (y), with the identity line; points above
+    it favour B. Both axes span the data (see `plot_limits`), so scores near 1 do not sit in a corner."""
     from segpipe.figures import plt, save_figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    low, high = plot_limits(report.scores_a, report.scores_b)
     figure, axis = plt.subplots(figsize=(6, 6))
-    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    axis.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1, label="A = B")
     axis.scatter(report.scores_a, report.scores_b, s=12, alpha=0.6)
     axis.set(
-        xlim=(0, 1),
-        ylim=(0, 1),
+        xlim=(low, high),
+        ylim=(low, high),
         aspect="equal",
         xlabel=f"A: {report.a.name} (per-image IoU)",
         ylabel=f"B: {report.b.name} (per-image IoU)",
     )
+    axis.legend(loc="lower right", fontsize=8)
     axis.set_title(report.verdict, fontsize=9, wrap=True)
     axis.grid(alpha=0.3)
     return save_figure(figure, path)
+
+
+def plot_limits(a: np.ndarray, b: np.ndarray, margin: float = 0.05) -> tuple[float, float]:
+    """One range for both axes: the scores' span plus `margin` of it on each side (at least 0.01,
+    so points at 0 or 1 are drawn whole); equal ranges keep the identity line at 45 degrees."""
+    values = np.concatenate([np.ravel(a), np.ravel(b)])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    pad = max(margin * (high - low), 0.01)
+    return low - pad, high + pad

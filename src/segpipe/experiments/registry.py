@@ -10,6 +10,7 @@ the checkpoint inside `models:/segpipe@champion` or `runs:/<id>/model`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import io
 import logging
@@ -18,6 +19,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,14 +55,15 @@ def publish_model(models_dir: Path, model_name: str) -> str | None:
     """
     run_id_file = models_dir / tracking.RUN_ID_FILE
     checkpoint = models_dir / CHECKPOINT_FILE
-    if not run_id_file.is_file() or not checkpoint.is_file():
-        return None  # tracking was off or training wrote no model: nothing to publish
+    run_id = run_id_file.read_text().strip() if run_id_file.is_file() else ""
+    if not run_id or not checkpoint.is_file():
+        return None  # tracking was off (no or an empty run id file) or training wrote no model: nothing to publish
     uri = tracking.tracking_uri()
     if not tracking.server_answers(uri):  # MLflow would retry a dead server for minutes
         return None
     try:
         with tracking.store_lock(uri):
-            return register_checkpoint(checkpoint, run_id_file.read_text().strip(), model_name, uri)
+            return register_checkpoint(checkpoint, run_id, model_name, uri)
     except Exception as exc:  # MLflow failures must never fail the training stage
         warnings.warn(f"publishing the model to MLflow failed; the checkpoints are unaffected: {exc}", stacklevel=2)
         return None
@@ -81,7 +84,7 @@ def register_checkpoint(checkpoint: Path, run_id: str, model_name: str, uri: str
         slim = Path(tmp) / CHECKPOINT_FILE
         write_deployment_checkpoint(checkpoint, slim)
         code = _copy_source(Path(tmp) / "code")
-        with no_progress_bar(), mlflow.start_run(run_id=run_id):
+        with no_progress_bar(), without_pickle_warning(), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=SegmentationModel(),
@@ -94,6 +97,26 @@ def register_checkpoint(checkpoint: Path, run_id: str, model_name: str, uri: str
     version = mlflow.register_model(info.model_uri, model_name, tags={EXP_NAME_TAG: exp_name} if exp_name else None)
     log.info("published %s version %s (run %s) in %.1f s", model_name, version.version, run_id, time.perf_counter() - started)
     return str(version.version)
+
+
+class _DropPickleWarning(logging.Filter):
+    """Drops MLflow's "Passing a Python object as `python_model` ... CloudPickle" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Passing a Python object as `python_model`")
+
+
+@contextlib.contextmanager
+def without_pickle_warning() -> Iterator[None]:
+    """Silence, while a model is logged, the one warning MLflow prints on every training run about
+    pickling `python_model`: ours is segpipe's own SegmentationModel, holding no state but the
+    checkpoint artifact, and its code travels with it (code_paths). Every other MLflow message stays."""
+    logger, dropped = logging.getLogger("mlflow.pyfunc"), _DropPickleWarning()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 
 def promote(spec: str, alias: str, client: MlflowClient, experiment: str, model_name: str) -> ModelVersion:

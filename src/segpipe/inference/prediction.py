@@ -2,7 +2,7 @@
 
 For each input image `<stem>.png` is written to the output folder: with two classes a grayscale
 PNG of 0 (background) and 255 (foreground), the form the paper publishes; with more, a VOC
-palette PNG of class ids. Optional `<stem>_overlay.png` (the mask blended over the image) and
+palette PNG of class ids. Optional `<stem>_overlay.jpg` (the mask blended over the image) and
 `<stem>_probs.npy` (C, H, W float16 softmax probabilities). A file that cannot be read is
 reported and skipped; the others are still predicted. Inputs are never overwritten.
 """
@@ -126,12 +126,12 @@ def resolve_inputs(inputs: Sequence[str]) -> list[Path]:
 
 def output_names(stem: str, options: PredictOptions) -> list[str]:
     """The files one input writes into the output folder: its mask and the extras asked for."""
-    return [f"{stem}.png"] + [f"{stem}_overlay.png"] * options.overlay + [f"{stem}_probs.npy"] * options.probs
+    return [f"{stem}.png"] + [f"{stem}_overlay.jpg"] * options.overlay + [f"{stem}_probs.npy"] * options.probs
 
 
 def check_outputs(images: Sequence[Path], out_dir: Path, options: PredictOptions, checkpoint: Path) -> None:
     """Refuse an --out that is a file or holds an input (its folder included), and two inputs whose
-    outputs would share a name (`a.jpg` and `a_overlay.jpg` with --overlay)."""
+    outputs would share a name (`a.jpg` and `A.png`, one file on macOS and Windows)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SegpipeError(f"--out {out_dir} is a file; name a folder for the masks (it is created if missing)")
     check_apart({"--out": out_dir}, [("CHECKPOINT", Path(checkpoint)), *(("INPUTS", image) for image in images)])
@@ -198,13 +198,14 @@ def write_outputs(
     num_classes: int,
     options: PredictOptions,
 ) -> Path:
-    """Write `<stem>.png` and, as asked, `<stem>_overlay.png` and `<stem>_probs.npy`; return the mask's path."""
+    """Write `<stem>.png` and, as asked, `<stem>_overlay.jpg` and `<stem>_probs.npy`; return the mask's path."""
     mask_path = stem.with_name(f"{stem.name}.png")
     png = mask_png(labels, num_classes)
     atomic_write(mask_path, lambda tmp: tmp.write_bytes(png))
     if options.overlay:
         overlay = Image.fromarray(colour_overlay(image, labels, num_classes))
-        atomic_write(stem.with_name(f"{stem.name}_overlay.png"), lambda tmp: overlay.save(tmp, format="PNG"))
+        # JPEG: a photo blended with colours is 5-6 MB as a full-resolution PNG, a tenth of that here.
+        atomic_write(stem.with_name(f"{stem.name}_overlay.jpg"), lambda tmp: overlay.save(tmp, format="JPEG", quality=90))
     if probs is not None:
         half = probs.to(torch.float16).numpy()
         atomic_write(stem.with_name(f"{stem.name}_probs.npy"), lambda tmp: _save_npy(tmp, half))

@@ -108,7 +108,7 @@ def convert_dataset(
         raise SegpipeError(f"{input_dir}: input folder not found")
     check_apart({"OUT_DIR": out_dir, "--metrics": Path(metrics_path)}, {"INPUT_DIR": input_dir})
     colors = maskfolder.parse_mask_colors(data.mask_colors, classes) if data.format == "masks" else None
-    jobs, problems = plan_jobs(input_dir, data)
+    jobs, problems, hint = plan_jobs(input_dir, data)
     with atomic_dir(out_dir, owned=(IMAGES, MASKS, MANIFEST)) as tmp:
         settings = Settings(data.format, input_dir, tmp / IMAGES, tmp / MASKS, classes, data.ignore_labels, colors)
         settings.images_dir.mkdir()
@@ -117,15 +117,18 @@ def convert_dataset(
         outcomes = map_files(work, jobs, workers=data.workers, progress=progress, desc="convert")
         results = [r for r in outcomes if isinstance(r, ItemResult)]
         problems += failures(outcomes)
-        _raise_problems(problems, results, colors, data.unknown_colors, len(jobs))
+        counted = "labelme files found" if data.format == "labelme" else "image/mask pairs matched"
+        _raise_problems(problems, results, colors, data.unknown_colors, f"{len(jobs)} {counted}", hint)
         write_manifest(tmp / MANIFEST, results, classes)
     metrics = dataset_metrics(results, classes)
     atomic_write_text(Path(metrics_path), json.dumps(metrics, indent=2) + "\n")
     return ConvertSummary(len(results), out_dir, metrics)
 
 
-def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str]]:
-    """The items to convert, checked for duplicate ids, and the pairing problems found on the way."""
+def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str], str | None]:
+    """The items to convert, checked for duplicate ids, the pairing problems found on the way and
+    a hint on fixing them (a mask suffix the masks share), if any."""
+    hint = None
     _check_names(input_dir)
     if data.format == "labelme":
         paths, problems = labelme.find_annotations(input_dir)
@@ -135,8 +138,9 @@ def plan_jobs(input_dir: Path, data: DataSection) -> tuple[list[Job], list[str]]
     else:
         pairs, problems = maskfolder.find_pairs(input_dir, data.mask_suffix)
         jobs = [Job(image.stem, image, mask) for image, mask in pairs]
+        hint = maskfolder.mask_suffix_hint(input_dir, data.mask_suffix) if problems else None
     _check_unique_ids(jobs)
-    return jobs, problems
+    return jobs, problems, hint
 
 
 def _check_names(input_dir: Path) -> None:
@@ -242,13 +246,16 @@ def _raise_problems(
     results: list[ItemResult],
     colors: maskfolder.ColorMap | None,
     unknown_colors: str,
-    total: int,
+    total: str,
+    hint: str | None = None,
 ) -> None:
-    """Raise one SegpipeError listing every bad file and every unknown mask value, if any."""
+    """Raise one SegpipeError listing every bad file and every unknown mask value, if any;
+    `total` says what the input held ("12 labelme files found"); `hint`, first so the capped list
+    cannot hide it, says how to fix them."""
     sections = []
     if problems:
         listed = cap_lines([f"  {p}" for p in problems], indent="  ")
-        sections.append(f"{len(problems)} problem(s) in the input ({total} items):\n{listed}")
+        sections.append("\n".join([f"{len(problems)} problem(s) in the input ({total}):", *([f"  {hint}"] if hint else []), listed]))
     if colors is not None and unknown_colors == "error":
         report = maskfolder.unknown_values_report([(r.mask, r.unknown) for r in results if r.unknown], colors)
         if report:

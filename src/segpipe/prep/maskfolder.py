@@ -100,6 +100,37 @@ def find_pairs(input_dir: Path, mask_suffix: str) -> tuple[list[tuple[Path, Path
     return pairs, problems
 
 
+def mask_suffix_hint(input_dir: Path, mask_suffix: str) -> str | None:
+    """A hint naming `data.mask_suffix` when every mask left without an image is named after an
+    image plus one and the same suffix (ISIC's `_segmentation`, PH2's `_lesion`, or "" when the
+    masks share the images' names but a suffix is set); None otherwise."""
+    images_dir, masks_dir = Path(input_dir) / IMAGES, Path(input_dir) / MASKS
+    stems = [p.stem for p in list_images(images_dir)]
+    wanted = {(stem + mask_suffix).lower() for stem in stems}
+    unmatched = [
+        p.stem for p in masks_dir.iterdir()
+        if p.suffix.lower() in MASK_SUFFIXES and p.is_file() and p.stem.lower() not in wanted
+    ]
+    suffixes = {common_suffix(stem, stems) for stem in unmatched}
+    if len(suffixes) != 1 or None in suffixes:
+        return None
+    suffix = suffixes.pop()
+    if suffix == mask_suffix:
+        return None
+    setting = f"data.mask_suffix: {suffix or chr(34) * 2}"
+    return (
+        f"hint: all {len(unmatched)} masks without an image are named <image name>{suffix} "
+        f"(data.mask_suffix is {mask_suffix!r}); set `{setting}` in params.yaml, or try it with "
+        f"`dvc exp run -S 'data.mask_suffix={suffix}'`"
+    )
+
+
+def common_suffix(mask_stem: str, image_stems: list[str]) -> str | None:
+    """What `mask_stem` adds to the longest image stem it starts with (case-insensitive), or None."""
+    prefixes = [stem for stem in image_stems if mask_stem.lower().startswith(stem.lower())]
+    return mask_stem[len(max(prefixes, key=len)):] if prefixes else None
+
+
 def load_pair(image_path: Path, mask_path: Path, colors: ColorMap) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Read an image and its mask as (RGB pixels, class ids, unknown value -> pixel count).
 

@@ -378,8 +378,8 @@ def end_epoch(
         return
     checkpoint = contents(state.model, training=training_contents(state))
     save_checkpoint(models_dir / "last.pt", checkpoint)
-    if improved:
-        save_checkpoint(models_dir / "best.pt", checkpoint)
+    if improved:  # the model alone: only last.pt resumes, so only it carries the optimizer state
+        save_checkpoint(models_dir / "best.pt", contents(state.model))
     if save_period and result.epoch % save_period == 0:
         save_checkpoint(models_dir / f"epoch_{result.epoch:03d}.pt", checkpoint)
     if tracker is not None:

@@ -1,7 +1,7 @@
 """The train stage: `fit` a model inside an MLflow run and write what DVC keeps of it.
 
 Outputs: `MODELS_DIR/best.pt` (best validation mIoU), `last.pt`, `epoch_NNN.pt` every
-`train.save_period` epochs, and `mlflow_run_id.txt`; a metrics JSON of results only (a DVC
+`train.save_period` epochs, and `mlflow_run_id.txt` (the run's id; empty without tracking); a metrics JSON of results only (a DVC
 metric), an info JSON of counts and durations (also the run's tags), a per-epoch history CSV
 (DVC plots) and loss / mIoU curve PNGs.
 
@@ -151,6 +151,7 @@ def start_tracking(
     params_json = params.model_dump(mode="json")
     data_files = [p for s in [*train_samples, *val_samples] for p in (s.image, s.mask)]
     tags = tracking.dvc_tags(root, tracking.content_hash(params_json), tracking.files_hash(data_files))
+    tags.update(tracking.stage_tags(params, root, "train"))
     run_id_file = models_dir / tracking.RUN_ID_FILE
     previous = run_id_file.read_text().strip() if run_id_file.exists() else ""
     resume_run = previous if params.train.resume and previous else None
@@ -161,10 +162,10 @@ def start_tracking(
     if is_main:
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
-            if tracker.run_id:
-                atomic_write_text(run_id_file, tracker.run_id + "\n")
-            else:  # a later resume must not reopen an older run
-                run_id_file.unlink(missing_ok=True)
+            # Always written, empty when tracking is off (so a later resume cannot reopen an older
+            # run): the evaluate stage depends on this file, so DVC re-runs evaluate after every
+            # training run, even one that reproduced an identical best.pt, and each run gets its evaluation.
+            atomic_write_text(run_id_file, (tracker.run_id or "") + "\n")
         except OSError as exc:
             tracker.end("FAILED")
             raise SegpipeError(

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, file: null, stem: "image", photoShown: false, result: null, busy: false };
+const state = { model: null, file: null, stem: "image", photoShown: false, result: null, busy: false, tileChosen: false };
 
 async function loadModel() {
   try {
@@ -47,7 +47,7 @@ async function chooseFile(file) {
   await showPhoto(file);
   // The server says what "auto" means for this model (GET /health: tiles_by_default); the page
   // never decides it, so its mask is the one `predict` writes.
-  if (state.model) $("tile").checked = state.model.tiles_by_default;
+  if (state.model && !state.tileChosen) $("tile").checked = state.model.tiles_by_default;  // a box the user set stays
   await predict();
 }
 
@@ -185,7 +185,7 @@ function wireEvents() {
     chooseFile(new File([blob], `pasted.${blob.type.split("/")[1] || "png"}`, { type: blob.type }));
   });
   $("opacity").addEventListener("input", setOpacity);
-  $("tile").addEventListener("change", predict);
+  $("tile").addEventListener("change", () => { state.tileChosen = true; predict(); });
   $("tta").addEventListener("change", predict);
   $("download-mask").addEventListener("click", () =>
     download(base64Blob(state.result.mask_png, "image/png"), `${state.stem}.png`));
