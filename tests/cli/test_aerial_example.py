@@ -16,18 +16,9 @@ from segpipe.config import load_params
 from segpipe.models.checkpoint import load_model
 from segpipe.training.stage import check_model_input
 from segpipe.prep.synthetic import AERIAL_CLASSES, AERIAL_COLORS
-from tests.helpers import REPO, merge
+from tests.helpers import REPO, TINY_AERIAL, merge
 
 runner = CliRunner()
-
-# Only the sizes change: the classes, the colour masks and the patch sampling stay as shipped.
-SHRINK = {
-    "split": {"val_fraction": 0.3},
-    "model": {"base_channels": 4},
-    "train": {"patch_size": 32, "patches_per_image": 2, "epochs": 1, "batch_size": 4, "freeze_batch_size": 4,
-              "device": "cpu"},
-    "evaluate": {"gallery_size": 1, "device": "cpu"},
-}
 
 
 def invoke(*args) -> str:
@@ -47,7 +38,7 @@ def test_the_shipped_aerial_params_describe_the_aerial_sample_and_train_on_patch
 def test_the_aerial_walkthrough_runs_every_command_with_its_params_file(tmp_path: Path, mlflow_env: Path):
     shipped = yaml.safe_load((REPO / "params-aerial.yaml").read_text())
     params = tmp_path / "params-aerial.yaml"
-    params.write_text(yaml.safe_dump(merge(shipped, SHRINK), sort_keys=False))
+    params.write_text(yaml.safe_dump(merge(shipped, TINY_AERIAL), sort_keys=False))
     raw, processed, splits, augmented, models = (tmp_path / n for n in ("raw", "processed", "splits", "aug", "models"))
     metrics = tmp_path / "metrics"
     invoke("sample", raw, "--kind", "aerial", "--count", "8", "--size", "96", "--road-width", "3")

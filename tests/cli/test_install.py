@@ -16,14 +16,19 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow  # builds and installs the package: seconds
 
 
-def test_pip_install_gives_a_working_segpipe_command(tmp_path: Path):
-    # A copy of what the package is built from, so the build leaves nothing in the checkout.
+def package_source(tmp_path: Path) -> Path:
+    """A copy of what the package is built from, so the build leaves nothing in the checkout."""
     source = tmp_path / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source)
     for name in ("src", "pipeline"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return source
+
+
+def test_pip_install_gives_a_working_segpipe_command(tmp_path: Path):
+    source = package_source(tmp_path)
     prefix = tmp_path / "installed"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                "--prefix", str(prefix), str(source)]
@@ -93,12 +98,7 @@ def test_the_wheel_in_a_clean_environment_serves_with_its_declared_dependencies(
 
     from tests.helpers import free_port, tiny_checkpoint
 
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source)
-    for name in ("src", "pipeline"):
-        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    source = package_source(tmp_path)
     pip = [sys.executable, "-m", "pip"]
     built = subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w",
                             str(tmp_path / "wheels"), str(source)], capture_output=True, text=True, timeout=300)

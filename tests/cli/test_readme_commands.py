@@ -18,19 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, merge
+from tests.helpers import REPO, TINY_AERIAL, merge
 
 MARKER = re.compile(r"<!-- readme-test: (?P<name>[\w-]+) writes only under (?P<folder>\S+/) -->\n```bash\n(?P<block>.*?)\n```", re.S)
 # What every training run writes besides its outputs, named in the README beside the block.
 SHARED_STORES = ("mlflow.db", "mlflow.db.lock", "mlruns/", ".cache/segpipe/")
-# The aerial preset at test size: classes, colour masks and patch sampling stay as shipped.
-TINY_AERIAL = {
-    "split": {"val_fraction": 0.3},
-    "model": {"base_channels": 4},
-    "train": {"patch_size": 32, "patches_per_image": 2, "epochs": 1, "batch_size": 4, "freeze_batch_size": 4,
-              "device": "cpu"},
-    "evaluate": {"gallery_size": 1, "device": "cpu"},
-}
 
 
 def documented_blocks() -> dict[str, tuple[str, str]]:
