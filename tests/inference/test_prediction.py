@@ -60,7 +60,11 @@ def assert_predict_masks_score_what_evaluate_reports(checkpoint: Path, samples, 
     rescored = matrix.compute().as_dict(["background", "lesion"])
     absent = rescored.pop("absent_classes")
     assert absent == evaluated.info["absent_classes"]
-    assert rescored == json.loads(out.metrics.read_text()) == evaluated.metrics
+    written = json.loads(out.metrics.read_text())
+    assert written == evaluated.metrics
+    # The pooled scores come from the masks alone; the per-image means (mean_*) are checked in
+    # tests/evaluation/test_per_image.py.
+    assert rescored == {key: value for key, value in written.items() if not key.startswith("mean_")}
     assert 0 < matrix.matrix[:, 1].sum() < matrix.matrix.sum()  # both classes predicted: a real check
     return absent
 

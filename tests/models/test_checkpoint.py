@@ -46,9 +46,13 @@ def test_best_last_and_every_save_period_epochs_are_kept_and_nothing_else(traine
     assert load_checkpoint(models / "last.pt")["epoch"] == 4
     assert load_checkpoint(models / "epoch_002.pt")["epoch"] == 2
     best = load_checkpoint(models / "best.pt")
+    assert set(best) == set(MODEL_KEYS)  # the model alone: only last.pt resumes
     mious = [row["val_miou"] for row in state.history]
-    assert best["epoch"] == best["best_epoch"] == state.best_epoch == 1 + mious.index(max(mious))
-    assert best["best_miou"] == max(mious)
+    assert state.best_epoch == 1 + mious.index(max(mious)) and state.best_miou == max(mious)
+    kept = {2: "epoch_002.pt", 4: "epoch_004.pt"}.get(state.best_epoch)
+    if kept:  # best.pt holds that epoch's weights
+        weights = load_checkpoint(models / kept)["model"]
+        assert all(torch.equal(best["model"][name], weights[name]) for name in weights)
 
 
 def test_checkpoints_load_with_weights_only_and_carry_their_config(trained):
@@ -116,16 +120,16 @@ def test_a_missing_checkpoint_says_to_train_first(tmp_path: Path):
 
 def test_the_deployment_checkpoint_keeps_the_model_and_drops_the_training_state(trained, tmp_path: Path):
     models, _ = trained
-    deployed = write_deployment_checkpoint(models / "best.pt", tmp_path / "best.pt")
+    deployed = write_deployment_checkpoint(models / "last.pt", tmp_path / "last.pt")
     contents = torch.load(deployed, map_location="cpu", weights_only=True)
     assert set(contents) == set(MODEL_KEYS)  # no optimizer, scheduler, scaler, RNG or history
-    original = load_model(models / "best.pt")
+    original = load_model(models / "last.pt")
     loaded = load_model(deployed)
     assert (loaded.classes, loaded.image_size, loaded.params) == (original.classes, original.image_size, original.params)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded.model.eval()(images), original.model.eval()(images))
-    assert deployed.stat().st_size < (models / "best.pt").stat().st_size / 2
+    assert deployed.stat().st_size < (models / "last.pt").stat().st_size / 2
 
 
 def contents_of(model, params) -> dict:
