@@ -99,8 +99,10 @@ class _Tee(io.TextIOBase):
 @contextlib.contextmanager
 def logged_to(path: Path | None) -> Iterator[None]:
     """Copy everything the command prints (stdout and stderr: its lines, warnings, the error) to
-    `path` as well as the terminal; nothing when `path` is None."""
-    if path is None:
+    `path` as well as the terminal; nothing when `path` is None, or in a torchrun process other than
+    rank 0 (only rank 0 writes outputs, and the log is one: ranks opening it together would
+    truncate each other's lines)."""
+    if path is None or os.environ.get("RANK", "0") != "0":
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)

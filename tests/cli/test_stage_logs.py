@@ -25,6 +25,17 @@ def test_a_stage_writes_what_it_prints_and_its_error_to_the_log(tmp_path: Path):
     assert log.read_text() == f"error: {tmp_path / 'missing'}: input folder not found\n"  # replaced, not appended
 
 
+def test_only_torchruns_rank_0_writes_the_log(tmp_path: Path, monkeypatch):
+    args = ["sample", str(tmp_path / "s"), "--count", "1", "--size", "48", "--log"]
+    monkeypatch.setenv("RANK", "1")
+    done = runner.invoke(app, [*args, str(tmp_path / "rank1.log")])
+    assert done.exit_code == 0, done.output
+    assert not (tmp_path / "rank1.log").exists()
+    monkeypatch.setenv("RANK", "0")
+    assert runner.invoke(app, [*args, str(tmp_path / "rank0.log")]).exit_code == 0
+    assert (tmp_path / "rank0.log").read_text().startswith("sample: wrote 1 lesions images")
+
+
 def test_a_progress_bar_leaves_its_last_state_in_the_log_without_colours():
     screen, log = io.StringIO(), io.StringIO()
     tee = _Tee(screen, log)
