@@ -124,7 +124,10 @@ LOG_PARAMETER = inspect.Parameter(
     inspect.Parameter.KEYWORD_ONLY,
     default=None,
     annotation=Annotated[
-        Optional[Path], typer.Option("--log", help="Also write everything this command prints to this file.")
+        # --log-file too: under torchrun, whose parser reads `--log` as an ambiguous abbreviation
+        # of its own --log-dir / --log-line-prefix-template even after the training script.
+        Optional[Path],
+        typer.Option("--log", "--log-file", help="Also write everything this command prints to this file."),
     ],
 )
 

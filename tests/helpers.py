@@ -156,10 +156,15 @@ def use_tmp_mlflow(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def run(cmd: list[str], cwd: Path) -> str:
+def run_env() -> dict[str, str]:
+    """The environment of a command run in a test project: this venv's commands first."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the project's own mlflow.db is part of what is checked
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return env
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=run_env(), capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.helpers import REPO, TINY, make_project, merge, run
+from tests.helpers import REPO, TINY, make_project, merge, run, run_env
 
 pytestmark = pytest.mark.slow  # DVC runs of the whole pipeline: minutes
 
@@ -96,7 +97,10 @@ def test_each_run_registered_its_model_and_promote_points_an_alias_at_one(projec
 
 def test_queued_seeds_run_in_parallel_and_log_to_the_project_database(project: Path):
     run(["dvc", "exp", "run", "--queue", "-S", "base.seed=1,2", "-S", "model.cbam=true"], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    # Not through run(): its captured pipes would stay open as long as a worker lives, and a DVC
+    # worker sometimes lingers after "shutting down due to empty queue"; the status is polled.
+    subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=project, env=run_env(), check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
     wait_for_queue(project)
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("segpipe")
