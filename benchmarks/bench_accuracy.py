@@ -17,6 +17,12 @@ held-out scores with a 95% bootstrap CI over images (segpipe.experiments.bootstr
            because images of one tile are neighbours; split by tile, not by image
 
 Protocols are named in the output so the numbers are not mistaken for the challenge's test set.
+
+With --variants the same model is also scored with test-time augmentation and each binary-mask
+clean-up (largest component, hole filling), alone and together, on the same images (the options
+of `evaluate.*` and `predict`, through the same Predictor.class_maps and score_image), with the
+paired bootstrap CI of each variant's difference from plain prediction. --rescore scores the
+variants of a run kept with --work, without training again.
 """
 
 from __future__ import annotations
@@ -34,10 +40,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # the checkout's library
 from segpipe.experiments.bootstrap import paired_bootstrap  # noqa: E402
+from segpipe.evaluation.evaluate import load_pair, score_image  # noqa: E402
+from segpipe.inference.postprocess import PostProcess  # noqa: E402
+from segpipe.inference.predictor import Predictor  # noqa: E402
+from segpipe.layout import validation_samples  # noqa: E402
 
 COPIED = ("src", "pipeline", "params.yaml", "dvc.yaml")
 
@@ -56,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", help="override train.device and evaluate.device (auto | cpu | cuda)")
     parser.add_argument("--work", type=Path, help="run here and keep it (default: a temporary folder, removed)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument("--variants", action="store_true", help="also score TTA and the clean-ups on the same model")
+    parser.add_argument("--rescore", action="store_true", help="only score the variants of the run in --work")
     args = parser.parse_args(argv)
+    if args.rescore and (args.work is None or not (args.work / "models" / "best.pt").is_file()):
+        parser.error("--rescore needs --work DIR of a finished run (DIR/models/best.pt)")
     needed = {"isic": ("isic",), "dubai": ("dubai",)}[args.task]
     for name in needed:
         if getattr(args, name) is None or not (getattr(args, name) / "images").is_dir():
@@ -198,8 +213,68 @@ def train_and_time(project: Project) -> None:
     )
 
 
+POSTS = {
+    "plain": PostProcess(),
+    "largest_component": PostProcess(largest_component=True),
+    "fill_holes": PostProcess(fill_holes=True),
+    "largest_component+fill_holes": PostProcess(largest_component=True, fill_holes=True),
+}
+VARIANT_SCORES = ("jaccard", "thresholded_jaccard", "dice", "hd95", "nsd")
+
+
+def score_variants(root: Path, name: str, processed: str, splits: str, tolerance: float) -> dict:
+    """Every (TTA, clean-up) variant of models/best.pt on one held-out set: per-image means with
+    CIs, and each variant minus plain prediction with its paired CI over images."""
+    predictor = Predictor.from_checkpoint(root / "models" / "best.pt")
+    samples = validation_samples(root / processed, root / splits)
+    rows: dict[str, list[dict]] = {}
+    start = time.perf_counter()
+    for tta in (False, True):
+        for sample in samples:
+            image, mask = load_pair(sample, fit=predictor.canvas)
+            labels = predictor.class_maps([image], full_sizes=[mask.shape], tta=tta)[0]
+            for post_name, post in POSTS.items():
+                field = score_image(sample.id, mask, post(labels), predictor.classes, tolerance).field
+                # Binary tasks: the one foreground class; more classes: their mean per image.
+                row = {score: np.nanmean([getattr(s, score) for s in field.values()]) for score in VARIANT_SCORES}
+                rows.setdefault(("tta+" if tta else "") + post_name, []).append(row)
+    print(f"\n{name}: variants scored in {time.perf_counter() - start:.0f} s ({len(samples)} images)")
+    plain = pd.DataFrame(rows["plain"])
+    summary = {}
+    for variant, values in rows.items():
+        table = pd.DataFrame(values)
+        entry = {}
+        for score in VARIANT_SCORES:
+            mean, low, high = mean_ci(table[score].to_numpy())
+            both = ~(table[score].isna() | plain[score].isna()).to_numpy()
+            diff = paired_bootstrap(plain[score].to_numpy()[both][None], table[score].to_numpy()[both][None], seed=0)
+            entry[score] = {"mean": mean, "ci95": [low, high], "diff_vs_plain": diff.diff,
+                            "diff_ci95": [diff.low, diff.high], "n": int(table[score].notna().sum())}
+        summary[variant] = entry
+        jac = entry["jaccard"]
+        print(f"  {variant:34s} Jaccard {jac['mean']:.4f} [{jac['ci95'][0]:.4f}, {jac['ci95'][1]:.4f}]  "
+              f"vs plain {jac['diff_vs_plain']:+.4f} [{jac['diff_ci95'][0]:+.4f}, {jac['diff_ci95'][1]:+.4f}]  "
+              f"HD95 {entry['hd95']['mean']:.1f} ({entry['hd95']['diff_vs_plain']:+.1f})  "
+              f"NSD {entry['nsd']['mean']:.3f} ({entry['nsd']['diff_vs_plain']:+.3f})", flush=True)
+    return summary
+
+
+def held_out_sets(args: argparse.Namespace, root: Path) -> list[tuple[str, str, str]]:
+    """(name, processed, splits) of each held-out set a run scored."""
+    sets = [(args.task, "data/processed", "data/splits")]
+    if args.task == "isic" and (root / "ph2" / "splits").is_dir():
+        sets.append(("ph2", "ph2/processed", "ph2/splits"))
+    return sets
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.rescore:
+        tolerance = float(yaml.safe_load((args.work / "params.yaml").read_text())["evaluate"]["surface_tolerance"])
+        variants = {name: score_variants(args.work, name, *where, tolerance) for name, *where in held_out_sets(args, args.work)}
+        if args.json:
+            args.json.write_text(json.dumps({"variants": variants}, indent=2) + "\n")
+        return
     root = args.work or Path(tempfile.mkdtemp(prefix="bench_accuracy_"))
     project = Project.copy_of(REPO, root)
     presets = [str(args.recipe.resolve())]
@@ -210,6 +285,9 @@ def main(argv: list[str] | None = None) -> None:
     project.run("preset", "preset", *presets, "--params", "params.yaml")
     print(f"recipe {args.recipe} {extra or ''} in {root}; load average {os.getloadavg()[0]:.1f}", flush=True)
     results = (run_isic if args.task == "isic" else run_dubai)(project, args)
+    if args.variants:
+        tolerance = float(yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["surface_tolerance"])
+        results["variants"] = {name: score_variants(root, name, *where, tolerance) for name, *where in held_out_sets(args, root)}
     results["times_s"] = {step: round(seconds, 1) for step, seconds in project.times.items()}
     results["load_average"] = os.getloadavg()
     print(f"\ntimes (s): {results['times_s']}; load average now {results['load_average'][0]:.1f}")

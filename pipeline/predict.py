@@ -24,6 +24,10 @@ def main(
         float | None, typer.Option(help="Fraction of a tile shared with its neighbour; default: the library's (0.25).")
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 rotations and flips.")] = False,
+    largest_component: Annotated[
+        bool, typer.Option(help="Keep only each class's largest region (one object per image, e.g. a lesion).")
+    ] = False,
+    fill_holes: Annotated[bool, typer.Option(help="Give background enclosed by one class that class.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images, or tiles of one image, per forward pass.")] = 8,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     labelme: Annotated[
@@ -34,6 +38,7 @@ def main(
 ) -> None:
     """Write a mask per input image at its exact size: 0/255 for 2 classes, a palette PNG of class ids for more."""
     # Imported here, not at the top, so `python -m pipeline --help` and light stages skip torch.
+    from segpipe.inference.postprocess import PostProcess
     from segpipe.inference.prediction import PredictOptions, predict_paths
     from segpipe.runtime import resolve_device
 
@@ -44,7 +49,8 @@ def main(
         images = resolve_inputs(inputs)
         check_annotatable(out, [path.stem for path in images], tolerance)
     chosen = {"overlap": overlap} if overlap is not None else {}  # else the one default, PredictOptions'
-    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, tta=tta, batch_size=batch_size, **chosen)
+    post = PostProcess(largest_component=largest_component, fill_holes=fill_holes)
+    options = PredictOptions(overlay=overlay, probs=probs, tile=tile, tta=tta, batch_size=batch_size, post=post, **chosen)
     report = predict_paths(checkpoint, inputs, out, options, device=resolve_device(device, "--device"), progress=not quiet)
     for message in report.failed:
         typer.secho(f"skipped: {message}", err=True, fg=typer.colors.YELLOW)

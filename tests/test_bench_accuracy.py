@@ -41,3 +41,34 @@ def test_command_line_settings_become_a_second_preset(tmp_path: Path):
     (tmp_path / "images").mkdir()
     args = bench.parse_args(["dubai", "--recipe", "params-dubai.yaml", "--dubai", str(tmp_path), "--epochs", "3", "--device", "cpu"])
     assert bench.overrides(args) == {"train": {"epochs": 3, "device": "cpu"}, "evaluate": {"device": "cpu"}}
+
+
+def test_variants_score_each_clean_up_on_the_same_predictions_and_differences_are_paired(tmp_path: Path):
+    from segpipe.evaluation.evaluate import load_pair, score_image
+    from segpipe.inference.predictor import Predictor
+    from segpipe.layout import samples_in
+    from tests.helpers import make_processed, split_checkpoint
+
+    make_processed(tmp_path / "data" / "processed", count=3)
+    (tmp_path / "data" / "splits").mkdir(parents=True)
+    (tmp_path / "data" / "splits" / "val.txt").write_text("img000\nimg001\nimg002\n")
+    samples = samples_in(tmp_path / "data" / "processed", ["img000", "img001", "img002"])
+    image, _ = load_pair(samples[0])
+    checkpoint = split_checkpoint(tmp_path / "models" / "best.pt", image)
+    summary = bench.score_variants(tmp_path, "tiny", "data/processed", "data/splits", 2.0)
+    assert set(summary) == {f"{t}{p}" for t in ("", "tta+") for p in bench.POSTS}
+
+    # Independently: the plain and the cleaned Jaccard of each image, by hand from the masks.
+    predictor = Predictor.from_checkpoint(checkpoint)
+    for name, post in (("plain", bench.POSTS["plain"]), ("largest_component", bench.POSTS["largest_component"])):
+        values = []
+        for sample in samples:
+            image, mask = load_pair(sample)
+            labels = post(predictor.class_maps([image])[0])
+            truth, guess = mask == 1, labels == 1
+            values.append((truth & guess).sum() / (truth | guess).sum())
+            assert score_image(sample.id, mask, labels, predictor.classes, 2.0).field["lesion"].jaccard == pytest.approx(values[-1])
+        assert summary[name]["jaccard"]["mean"] == pytest.approx(np.mean(values))
+    assert summary["plain"]["jaccard"]["diff_vs_plain"] == 0.0
+    difference = summary["largest_component"]["jaccard"]["mean"] - summary["plain"]["jaccard"]["mean"]
+    assert summary["largest_component"]["jaccard"]["diff_vs_plain"] == pytest.approx(difference)

@@ -159,6 +159,9 @@ class EvaluateSection(Section):
     gallery_size: int = Field(default=4, ge=0)  # best and worst images shown in the gallery plot
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     surface_tolerance: float = Field(default=2.0, ge=0.0)  # pixels of the mask: normalised surface Dice
+    tta: bool = False  # average over the 8 rotations and flips
+    largest_component: bool = False  # keep each foreground class's largest region (one object per image)
+    fill_holes: bool = False  # background enclosed by one foreground class becomes that class
 
 
 class ServeSection(Section):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from segpipe.errors import SegpipeError
 from segpipe.imageio import IMAGE_SUFFIXES, atomic_write, check_apart, list_images, read_image, read_image_for
 from segpipe.palette import colour_overlay, mask_png
+from segpipe.inference.postprocess import PostProcess
 from segpipe.inference.predictor import Predictor, class_map
 from segpipe.data.spec import DEFAULT_WINDOW_BATCH
 from segpipe.data.tiling import DEFAULT_OVERLAP, Tiling
@@ -49,6 +50,7 @@ class PredictOptions:
     overlap: float = DEFAULT_OVERLAP
     tta: bool = False
     batch_size: int = DEFAULT_WINDOW_BATCH
+    post: PostProcess = PostProcess()  # clean-up of each class map before it is written
 
     def check(self) -> None:
         """Raise on bad values before anything is read."""
@@ -181,13 +183,13 @@ def _predict(
     if tiling is not None:
         for path, image, _ in loaded:
             labels, probs = predictor.predict_image(image, tiling, tta=options.tta, keep_probs=options.probs)
-            yield path, image, labels, probs
+            yield path, image, options.post(labels), probs
         return
     all_probs = predictor.predict_batch(
         [image for _, image, _ in loaded], tta=options.tta, full_sizes=[size for _, _, size in loaded]
     )
     for (path, image, _), probs in zip(loaded, all_probs):
-        yield path, image, class_map(probs), probs if options.probs else None
+        yield path, image, options.post(class_map(probs)), probs if options.probs else None
 
 
 def write_outputs(

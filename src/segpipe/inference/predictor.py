@@ -33,6 +33,7 @@ from segpipe.errors import SegpipeError
 from segpipe.data.letterbox import predict_letterboxed
 from segpipe.data.spec import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, InputSpec
 from segpipe.data.tiling import Tiling, predict_tiled
+from segpipe.inference.postprocess import PostProcess
 from segpipe.models.checkpoint import load_model
 
 
@@ -124,16 +125,20 @@ class Predictor:
         self,
         images: Sequence[np.ndarray],
         full_sizes: Sequence[tuple[int, int]] | None = None,
+        *,
+        tta: bool = False,
+        post: PostProcess = PostProcess(),
     ) -> list[np.ndarray]:
-        """The (H, W) uint8 class map of each whole image as `predict` makes it by default: one
-        letterboxed forward pass for all `images` (`full_sizes` as in `predict_batch`), or, for a patch model, its own blended windows (`self.tiling`, the very
+        """The (H, W) uint8 class map of each whole image as `predict` makes it with the same
+        `tta` and `post`: one letterboxed forward pass for all `images` (`full_sizes` as in
+        `predict_batch`), or, for a patch model, its own blended windows (`self.tiling`, the very
         windows and batches `predict` uses, so the scores are those of `predict`'s masks) of
         images decoded whole."""
         if self.tiling is None:
-            return [class_map(probs) for probs in self.predict_batch(images, full_sizes=full_sizes)]
+            return [post(class_map(probs)) for probs in self.predict_batch(images, tta=tta, full_sizes=full_sizes)]
         if full_sizes is not None and any(tuple(s) != i.shape[:2] for s, i in zip(full_sizes, images)):
             raise SegpipeError("a patch model tiles images at their full size; do not decode them reduced")
-        return [self.predict_image(image, self.tiling)[0] for image in images]
+        return [post(self.predict_image(image, self.tiling, tta=tta)[0]) for image in images]
 
     @torch.no_grad()
     def canvas_probs(self, batch: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
