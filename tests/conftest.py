@@ -28,6 +28,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def fresh_mlflow_experiment(monkeypatch: pytest.MonkeyPatch):
+    """mlflow.set_experiment leaves its choice in a module global and in MLFLOW_EXPERIMENT_ID, where
+    a later test's runs (on another store) would look for an experiment id that store lacks."""
+    import mlflow.tracking.fluent as fluent
+
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    yield
+    fluent._active_experiment_id = None
+
+
 @pytest.fixture(autouse=True, scope="session")
 def decoded_cache_outside_the_repo(tmp_path_factory: pytest.TempPathFactory):
     """Module-scoped fixtures that train run before any per-test fixture: they use a session cache."""

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -309,3 +310,44 @@ def test_the_description_lists_the_params_that_differ_from_the_baseline_commit(t
     (tmp_path / "params.yaml").write_text(text.replace("cbam: false", "cbam: true").replace("lr: 0.003", "lr: 0.001"))
     description = tracking.run_description(load_params(tmp_path / "params.yaml"), tmp_path)
     assert description.startswith(f"Changed against {commit[:7]}: `model.cbam`: false → true; `train.lr`: 0.003 → 0.001\n")
+
+
+def test_a_queued_experiment_keeps_its_artifacts_beside_the_store_after_its_copy_is_deleted(tmp_path: Path, monkeypatch):
+    # `dvc exp run --queue` runs each stage in <project>/.dvc/tmp/exps/<tmp>/ with DVC_ROOT set to
+    # that copy, and deletes the copy afterwards. MLflow's default artifact root is mlruns/ in the
+    # working directory (and set_tracking_uri sets MLFLOW_TRACKING_URI, so the old check for the
+    # variable never chose the store's folder): every per-image CSV, plot and model was lost.
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    monkeypatch.chdir(copy)
+    (copy / "per_image.csv").write_text("id,iou\na,0.5\n")
+    tracker = tracking.Tracker()
+    assert tracker.uri == f"sqlite:///{project / 'mlflow.db'}"
+    tracker.start("queued", None, {"train": {"lr": 0.1}}, {})
+    tracker.log_artifact(copy / "per_image.csv", "eval")
+    tracker.end()
+    assert tracker.enabled
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(copy)
+    client = mlflow.MlflowClient(tracker.uri)
+    assert client.get_experiment_by_name("queued").artifact_location == (project / "mlruns").as_uri()
+    downloaded = client.download_artifacts(tracker.run_id, "eval/per_image.csv", str(tmp_path))
+    assert Path(downloaded).read_text() == "id,iou\na,0.5\n"
+
+
+def test_an_experiment_whose_artifacts_lie_in_a_deleted_dvc_copy_is_named_in_a_warning(tmp_path: Path, mlflow_env):
+    uri = tracking.tracking_uri()
+    lost = (tmp_path / "p" / ".dvc" / "tmp" / "exps" / "tmpx" / "mlruns").as_uri()
+    mlflow.MlflowClient(uri).create_experiment("old", artifact_location=lost)
+    tracker = tracking.Tracker()
+    with pytest.warns(UserWarning, match="'old' keeps its artifacts in .*deletes after a queued run"):
+        tracker.start("old", None, {}, {})
+    tracker.end()
+    tracker = tracking.Tracker()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tracker.start("fresh", None, {}, {})
+        tracker.end()

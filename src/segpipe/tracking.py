@@ -170,7 +170,7 @@ class Tracker:
 
         def start() -> None:
             mlflow = self._connect()
-            create_experiment(mlflow, experiment)
+            create_experiment(mlflow, experiment, self.uri)
             mlflow.set_experiment(experiment)
             if run_id is not None:
                 run = mlflow.start_run(run_id=run_id)
@@ -254,20 +254,45 @@ class Tracker:
         return bool(self._guard("mark_killed", mark))
 
 
-def create_experiment(mlflow, name: str) -> None:
-    """Create the experiment `name` unless it exists. Parallel runs on a tracking server (which
-    takes no store lock) race to create it: the losers find it made and use it."""
+def create_experiment(mlflow, name: str, uri: str) -> None:
+    """Create the experiment `name` unless it exists, its artifacts beside a SQLite store
+    (`artifact_root`). Parallel runs on a tracking server (which takes no store lock) race to
+    create it: the losers find it made and use it. An existing experiment whose artifacts lie in
+    a DVC experiment copy, deleted after its run, is named in a warning."""
     from mlflow.exceptions import MlflowException
 
-    if mlflow.get_experiment_by_name(name) is not None:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        if _in_dvc_copy(existing.artifact_location):
+            warnings.warn(
+                f"MLflow experiment {name!r} keeps its artifacts in {existing.artifact_location}, a "
+                "temporary copy that DVC deletes after a queued run: its runs' per-image scores, plots "
+                "and models are lost. Rename it in the MLflow UI (or set base.experiment to a new name) "
+                "so that a new experiment is created with its artifacts beside the store",
+                stacklevel=2,
+            )
         return
-    # With the default SQLite store, artifacts go beside it; a server keeps its own.
-    local = None if os.environ.get("MLFLOW_TRACKING_URI") else (project_root() / "mlruns").as_uri()
     try:
-        mlflow.create_experiment(name, artifact_location=local)
+        mlflow.create_experiment(name, artifact_location=artifact_root(uri))
     except MlflowException:
         if mlflow.get_experiment_by_name(name) is None:
             raise
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment of the store `uri` keeps its artifacts: `mlruns/` beside a SQLite
+    database; None (the server's own choice) for any other store. MLflow's default, `mlruns/` in
+    the working directory, is right only when a stage runs at the project root: queued and
+    `--temp` experiments run in copies under .dvc/tmp/exps/, deleted when they end."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlruns").as_uri()
+
+
+def _in_dvc_copy(location: str) -> bool:
+    path = urllib.parse.urlparse(location).path if location.startswith("file:") else location
+    parts = Path(path).parts
+    return any(parts[i : i + 3] == (".dvc", "tmp", "exps") for i in range(len(parts) - 2))
 
 
 # Seconds a tracking server gets to answer before a stage goes on without tracking.
