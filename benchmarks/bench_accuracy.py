@@ -267,11 +267,16 @@ def held_out_sets(args: argparse.Namespace, root: Path) -> list[tuple[str, str, 
     return sets
 
 
+def all_variants(args: argparse.Namespace, root: Path) -> dict:
+    """`score_variants` of every held-out set of the run in `root`, at its evaluate.surface_tolerance."""
+    tolerance = float(yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["surface_tolerance"])
+    return {name: score_variants(root, name, *where, tolerance) for name, *where in held_out_sets(args, root)}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.rescore:
-        tolerance = float(yaml.safe_load((args.work / "params.yaml").read_text())["evaluate"]["surface_tolerance"])
-        variants = {name: score_variants(args.work, name, *where, tolerance) for name, *where in held_out_sets(args, args.work)}
+        variants = all_variants(args, args.work)
         if args.json:
             args.json.write_text(json.dumps({"variants": variants}, indent=2) + "\n")
         return
@@ -286,8 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"recipe {args.recipe} {extra or ''} in {root}; load average {os.getloadavg()[0]:.1f}", flush=True)
     results = (run_isic if args.task == "isic" else run_dubai)(project, args)
     if args.variants:
-        tolerance = float(yaml.safe_load((root / "params.yaml").read_text())["evaluate"]["surface_tolerance"])
-        results["variants"] = {name: score_variants(root, name, *where, tolerance) for name, *where in held_out_sets(args, root)}
+        results["variants"] = all_variants(args, root)
     results["times_s"] = {step: round(seconds, 1) for step, seconds in project.times.items()}
     results["load_average"] = os.getloadavg()
     print(f"\ntimes (s): {results['times_s']}; load average now {results['load_average'][0]:.1f}")

@@ -21,8 +21,14 @@ def project_root(start: Path | None = None) -> Path:
         except (OSError, subprocess.CalledProcessError):
             root = start
     # A temp or queued experiment runs in <project>/.dvc/tmp/exps/<run>/...: log to <project>.
-    parts = root.parts
+    return dvc_copy_owner(root) or root
+
+
+def dvc_copy_owner(path: Path) -> Path | None:
+    """The project whose temporary DVC experiment copy (<project>/.dvc/tmp/exps/...) holds
+    `path`, or None when `path` lies outside any such copy."""
+    parts = Path(path).parts
     for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
-    return root
+    return None

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from segpipe.config import Params
-from segpipe.project import project_root  # re-exported: tracking.project_root
+from segpipe.project import dvc_copy_owner, project_root  # project_root re-exported: tracking.project_root
 
 try:
     import fcntl
@@ -291,8 +291,7 @@ def artifact_root(uri: str) -> str | None:
 
 def _in_dvc_copy(location: str) -> bool:
     path = urllib.parse.urlparse(location).path if location.startswith("file:") else location
-    parts = Path(path).parts
-    return any(parts[i : i + 3] == (".dvc", "tmp", "exps") for i in range(len(parts) - 2))
+    return dvc_copy_owner(Path(path)) is not None
 
 
 # Seconds a tracking server gets to answer before a stage goes on without tracking.

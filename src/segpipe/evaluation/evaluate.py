@@ -118,11 +118,11 @@ def evaluate(
     predictor = Predictor.from_checkpoint(checkpoint, resolve_device(config.device, "evaluate.device", lease=True))
     check_classes(checkpoint, predictor.classes, classes)
     classes = predictor.classes
-    options = prediction_options(config)
+    tta, post = config.tta, PostProcess(config.largest_component, config.fill_holes)
     matrix = ConfusionMatrix(len(classes))
     results: list[ImageResult] = []
     with tqdm(total=len(samples), desc="evaluate", unit="img", disable=None if progress else True) as bar:
-        for sample, mask, labels in scored_labels(predictor, samples, config.batch_size, **options):
+        for sample, mask, labels in scored_labels(predictor, samples, config.batch_size, tta=tta, post=post):
             try:
                 matrix.update(mask, labels)
             except SegpipeError as exc:  # the message names the bad value; add the file
@@ -137,15 +137,9 @@ def evaluate(
     atomic_write_text(out.per_class, per_class_csv(scores, classes))
     atomic_write_text(out.per_image, per_image_csv(results, classes))
     atomic_write_text(out.iou_plot, iou_plot_csv(scores, classes))
-    figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size, options)
+    figures = write_figures(predictor, scores, samples, results, out.plots_dir, config.gallery_size, tta=tta, post=post)
     log_to_training_run(Path(checkpoint).parent / RUN_ID_FILE, report, out, figures)
     return report
-
-
-def prediction_options(config: EvaluateSection) -> dict:
-    """The keyword arguments of `Predictor.class_maps` that evaluate.* chooses: the masks scored
-    are those `predict` writes with the same --tta, --largest-component and --fill-holes."""
-    return {"tta": config.tta, "post": PostProcess(config.largest_component, config.fill_holes)}
 
 
 def scored_labels(
@@ -157,7 +151,8 @@ def scored_labels(
     post: PostProcess = PostProcess(),
 ) -> Iterator[tuple[Sample, np.ndarray, np.ndarray]]:
     """(sample, its (H, W) mask, the predicted (H, W) uint8 labels) of each sample: what is scored,
-    `batch_size` images read and predicted at a time, with test-time augmentation and clean-up as asked."""
+    `batch_size` images read and predicted at a time, with test-time augmentation and clean-up as
+    asked: the masks `predict` writes with the same --tta, --largest-component and --fill-holes."""
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         # Large photos are decoded no larger than the canvas needs; scoring stays at the mask's size.
@@ -300,7 +295,9 @@ def write_figures(
     results: Sequence[ImageResult],
     plots_dir: Path,
     gallery_size: int,
-    options: dict | None = None,
+    *,
+    tta: bool = False,
+    post: PostProcess = PostProcess(),
 ) -> list[Path]:
     """class_scores.png, confusion_matrix.png and gallery.png in `plots_dir`; returns their paths."""
     plots_dir = Path(plots_dir)
@@ -310,13 +307,19 @@ def write_figures(
         plot_confusion(scores, predictor.classes, plots_dir / "confusion_matrix.png"),
     ]
     if gallery_size:
-        rows = gallery_rows(predictor, samples, results, gallery_size, options or {})
+        rows = gallery_rows(predictor, samples, results, gallery_size, tta=tta, post=post)
         paths.append(plot_gallery(rows, predictor.num_classes, plots_dir / "gallery.png", predictor.classes))
     return paths
 
 
 def gallery_rows(
-    predictor: Predictor, samples: Sequence[Sample], results: Sequence[ImageResult], k: int, options: dict
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    results: Sequence[ImageResult],
+    k: int,
+    *,
+    tta: bool = False,
+    post: PostProcess = PostProcess(),
 ) -> list[GalleryRow]:
     """The gallery's images (see `gallery_choice`), predicted again rather than kept from the
     scoring pass, so memory does not grow with the size of the validation set."""
@@ -324,7 +327,7 @@ def gallery_rows(
     for index, label in gallery_choice([r.id for r in results], [r.miou for r in results], k):
         image, mask = load_pair(samples[index])
         title = gallery_title(label, results[index].id, results[index].miou)
-        rows.append(GalleryRow(title, image, mask, predictor.class_maps([image], **options)[0]))
+        rows.append(GalleryRow(title, image, mask, predictor.class_maps([image], tta=tta, post=post)[0]))
     return rows
 
 
